@@ -1,0 +1,226 @@
+"""The built-in corpus, generated deterministically on the machine so the pipeline runs offline.
+
+Five kinds of document (DESIGN.md §4): real Python standard-library code, real English prose from
+Python's own documentation, arithmetic word problems with worked solutions, long documents hiding a
+pass key, and low-quality web pages (boilerplate, spam, lorem ipsum, mojibake, duplicates) that
+the filter must remove. Every record is a dict with at least `id`, `text` and `domain`.
+"""
+
+import ast
+import hashlib
+import random
+import sysconfig
+from collections.abc import Iterator
+from pathlib import Path
+
+NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Liam",
+         "Maya", "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara", "Umar", "Vera", "Wen", "Yusuf"]
+ITEMS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "coins", "stamps", "shells",
+         "cards", "eggs", "flowers", "tickets", "boxes", "bottles", "candles"]
+PLACES = ["the market", "school", "the library", "a fair", "the shop", "the park", "a garage sale"]
+
+
+def _stable_order(items: list[str], salt: str) -> list[str]:
+    """A shuffle that depends only on the items themselves, not on a RNG or the file system order."""
+    return sorted(items, key=lambda s: hashlib.sha256(f"{salt}:{s}".encode()).hexdigest())
+
+
+def stdlib_code(n: int) -> list[dict]:
+    """Real Python source files from the running interpreter's standard library."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*.py")
+        if not {"test", "tests", "site-packages", "idle_test", "lib2to3"} & set(p.relative_to(root).parts)
+        and 1500 <= p.stat().st_size <= 30000
+    ]
+    docs = []
+    for rel in _stable_order(files, "code"):
+        text = (root / rel).read_text(encoding="utf-8", errors="replace")
+        docs.append({"id": f"code/{rel}", "text": text, "domain": "code", "source": "python-stdlib"})
+        if len(docs) == n:
+            break
+    return docs
+
+
+def _doc_paragraphs() -> list[tuple[str, str]]:
+    """(origin, paragraph) pairs of English prose from Python's documentation: the language
+    reference topics shipped in pydoc_data, then standard-library module docstrings."""
+    from pydoc_data.topics import topics
+
+    paragraphs = []
+    for name in sorted(topics):
+        for i, para in enumerate(topics[name].split("\n\n")):
+            para = " ".join(line.strip() for line in para.splitlines() if line.strip())
+            # Prose only: code samples, tables and grammar rules are indented or symbol-heavy.
+            if len(para.split()) >= 25 and not para.startswith((">>>", "*", "|", "+")) and "::=" not in para:
+                paragraphs.append((f"topics/{name}/{i}", para))
+    root = Path(sysconfig.get_paths()["stdlib"])
+    for path in sorted(root.glob("*.py")):
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8", errors="replace")))
+        except SyntaxError:
+            continue
+        for i, para in enumerate((doc or "").split("\n\n")):
+            para = " ".join(line.strip() for line in para.splitlines() if line.strip())
+            if len(para.split()) >= 25:
+                paragraphs.append((f"docstring/{path.stem}/{i}", para))
+    return paragraphs
+
+
+def python_docs_prose(n: int) -> list[dict]:
+    """Documents of 2-4 consecutive paragraphs of Python's documentation."""
+    paragraphs = _doc_paragraphs()
+    docs, i = [], 0
+    while i < len(paragraphs) and len(docs) < n:
+        size = 2 + (i % 3)
+        chunk = paragraphs[i : i + size]
+        docs.append({
+            "id": f"prose/{chunk[0][0]}",
+            "text": "\n\n".join(p for _, p in chunk),
+            "domain": "prose",
+            "source": "python-docs",
+        })
+        i += size
+    return docs
+
+
+def _problem(rng: random.Random) -> tuple[str, str, int]:
+    """One arithmetic word problem: (question, worked solution, answer)."""
+    name, other = rng.sample(NAMES, 2)
+    item, place = rng.choice(ITEMS), rng.choice(PLACES)
+    kind = rng.randrange(6)
+    if kind == 0:
+        a, b = rng.randint(2, 300), rng.randint(2, 300)
+        q = f"{name} has {a} {item}. {other} gives {name} {b} more. How many {item} does {name} have now?"
+        s = f"{name} starts with {a} {item} and gets {b} more, so {a} + {b} = {a + b}."
+        ans = a + b
+    elif kind == 1:
+        a = rng.randint(20, 600)
+        b = rng.randint(1, a - 1)
+        q = f"{name} had {a} {item} and sold {b} of them at {place}. How many {item} are left?"
+        s = f"{name} had {a} {item} and sold {b}, so {a} - {b} = {a - b} are left."
+        ans = a - b
+    elif kind == 2:
+        a, b = rng.randint(2, 30), rng.randint(2, 30)
+        q = f"At {place}, {name} buys {a} bags with {b} {item} in each bag. How many {item} does {name} buy?"
+        s = f"There are {a} bags of {b} {item}, so {a} * {b} = {a * b}."
+        ans = a * b
+    elif kind == 3:
+        b, ans = rng.randint(2, 20), rng.randint(2, 60)
+        a = b * ans
+        q = f"{name} shares {a} {item} equally among {b} friends. How many {item} does each friend get?"
+        s = f"{a} {item} shared by {b} friends gives {a} / {b} = {ans} each."
+    elif kind == 4:
+        a, b = rng.randint(5, 200), rng.randint(2, 200)
+        c = rng.randint(1, a + b - 1)
+        q = (f"{name} collects {a} {item} on Monday and {b} on Tuesday, then gives {c} to {other}. "
+             f"How many {item} does {name} keep?")
+        s = f"{name} collects {a} + {b} = {a + b} {item}. After giving {c} away, {a + b} - {c} = {a + b - c}."
+        ans = a + b - c
+    else:
+        a, b, c = rng.randint(2, 30), rng.randint(2, 30), rng.randint(1, 90)
+        q = f"{name} reads {a} pages a day for {b} days, then {c} pages on day {b + 1}. What is the total?"
+        s = f"{name} reads {a} * {b} = {a * b} pages, then {a * b} + {c} = {a * b + c} pages in total."
+        ans = a * b + c
+    return q, f"{s} The answer is {ans}.", ans
+
+
+def math_problems(n: int, seed: int, split: str) -> list[dict]:
+    rng = random.Random(f"math:{split}:{seed}")
+    docs, seen = [], set()
+    while len(docs) < n:
+        q, s, ans = _problem(rng)
+        if q in seen:
+            continue
+        seen.add(q)
+        docs.append({
+            "id": f"math/{split}/{len(docs)}",
+            "text": f"Question: {q}\nAnswer: {s}",
+            "domain": "math",
+            "source": "generated-arithmetic",
+            "question": q,
+            "solution": s,
+            "answer": str(ans),
+        })
+    return docs
+
+
+PASSKEY_QUESTION = "What is the pass key? The pass key is"
+
+
+def passkey_docs(n: int, words: int, seed: int, split: str) -> list[dict]:
+    """Long documents of documentation prose with a five-digit pass key hidden at a random depth.
+    Training documents end with the answer; test documents end at the question."""
+    rng = random.Random(f"passkey:{split}:{seed}")
+    paragraphs = [p for _, p in _doc_paragraphs()]
+    docs = []
+    for i in range(n):
+        key = str(rng.randint(10000, 99999))
+        body, start = [], rng.randrange(len(paragraphs))
+        while sum(len(p.split()) for p in body) < words:
+            body.append(paragraphs[(start + len(body)) % len(paragraphs)])
+        body.insert(rng.randint(0, len(body)), f"The pass key is {key}. Remember it. {key} is the pass key.")
+        prompt = "\n\n".join(body) + "\n\n" + PASSKEY_QUESTION
+        text = f"{prompt} {key}." if split == "train" else prompt
+        docs.append({"id": f"long/{split}/{i}", "text": text, "domain": "long", "source": "generated-passkey",
+                     "answer": key})
+    return docs
+
+
+LOREM = ("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor incididunt ut labore "
+         "et dolore magna aliqua ut enim ad minim veniam quis nostrud exercitation ullamco laboris").split()
+NAV = ["Home | About | Blog | Contact | Login", "Skip to main content", "Menu", "Search this site",
+       "We use cookies to improve your experience. Accept all cookies", "Share on Facebook | Tweet | Pin it",
+       "Copyright 2024 All rights reserved. Privacy Policy | Terms of Use", "Subscribe to our newsletter"]
+SPAM = ["BUY NOW!!! Best price guaranteed $$$", "Click here for FREE bonus!!!", "cheap pills online no prescription",
+        "WIN WIN WIN casino bonus $$$ ###", "hot singles in your area click >>> here <<<"]
+
+
+def web_pages(n: int, seed: int, prose: list[dict]) -> list[dict]:
+    """Low-quality pages of every kind the filter must catch, plus pages wrapping real prose in
+    navigation boilerplate (whose body should survive once the boilerplate lines are stripped)."""
+    rng = random.Random(f"web:{seed}")
+    kinds = ["wrapped", "spam", "lorem", "mojibake", "symbols", "repeated", "duplicate", "boilerplate"]
+    docs = []
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        src = prose[rng.randrange(len(prose))]["text"]
+        if kind == "wrapped":
+            text = "\n".join(rng.sample(NAV, 3) + [src] + rng.sample(NAV, 2))
+        elif kind == "spam":
+            text = "\n".join(rng.choice(SPAM) for _ in range(rng.randint(8, 30)))
+        elif kind == "lorem":
+            text = " ".join(rng.choice(LOREM) for _ in range(rng.randint(60, 300)))
+        elif kind == "mojibake":
+            text = src.replace("e", "é").replace("a", "à").encode("utf-8").decode("latin-1")
+        elif kind == "symbols":
+            text = " ".join(rng.choice(["###", "$$$", "@@", "...", "|", "%%"]) + w for w in src.split())
+        elif kind == "repeated":
+            line = src.split(". ")[0]
+            text = "\n".join([line] * rng.randint(6, 20))
+        elif kind == "duplicate":
+            text = src  # an exact copy of a documentation page
+        else:
+            text = "\n".join(rng.choice(NAV) for _ in range(rng.randint(5, 15)))
+        docs.append({"id": f"web/{i}", "text": text, "domain": "web", "source": f"generated-web-{kind}",
+                     "url": f"http://example.com/{kind}/{i}"})
+    return docs
+
+
+def builtin_corpus(cfg, seed: int) -> Iterator[dict]:
+    """Every training document of the built-in corpus, in a fixed order."""
+    prose = python_docs_prose(cfg.prose_docs)
+    yield from stdlib_code(cfg.code_files)
+    yield from prose
+    yield from math_problems(cfg.math_problems, seed, "train")
+    yield from passkey_docs(cfg.passkey_docs, cfg.passkey_words, seed, "train")
+    yield from web_pages(cfg.web_pages, seed, prose)
+
+
+def builtin_evals(cfg, seed: int) -> dict[str, list[dict]]:
+    """Held-out evaluation sets; the filter decontaminates the training corpus against them."""
+    return {
+        "math_test": math_problems(cfg.math_test_problems, seed, "test"),
+        "passkey_test": passkey_docs(cfg.passkey_test_docs, cfg.passkey_words, seed, "test"),
+    }

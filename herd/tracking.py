@@ -1,0 +1,71 @@
+"""MLflow tracking: a local SQLite store inside the project by default, a server when configured.
+
+One run per stage execution, nested under the pipeline's run when the flow drives it (the flow
+passes its run id in HERD_PARENT_RUN_ID). Step metrics are buffered and sent with `log_batch`,
+which is ~50x faster than one call per value.
+"""
+
+import os
+import time
+from pathlib import Path
+
+from herd.env import state_dir
+
+PARENT_RUN_ENV = "HERD_PARENT_RUN_ID"
+
+
+def tracking_uri(cfg_uri: str, root: Path) -> str:
+    if cfg_uri:
+        return cfg_uri
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{state_dir(root) / 'mlflow.db'}"
+
+
+def setup(tracking_cfg, root: Path) -> str:
+    """Point MLflow at the store and make sure the experiment exists; returns its id."""
+    import mlflow
+
+    uri = tracking_uri(tracking_cfg.uri, root)
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    experiment = mlflow.get_experiment_by_name(tracking_cfg.experiment)
+    if experiment is not None:
+        return experiment.experiment_id
+    # With a database store MLflow would put artifacts under ./mlruns of whatever cwd; keep them in .herd.
+    location = (state_dir(root) / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
+    return mlflow.create_experiment(tracking_cfg.experiment, artifact_location=location)
+
+
+def flatten(d, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = str(value)[:6000]
+    return out
+
+
+class MetricLogger:
+    """Buffers step metrics and flushes them in batches."""
+
+    def __init__(self, run_id: str, flush_every: int = 200):
+        from mlflow.tracking import MlflowClient
+
+        self.client, self.run_id, self.flush_every = MlflowClient(), run_id, flush_every
+        self.buffer = []
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.buffer += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if len(self.buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.buffer), 1000):  # MLflow's per-request limit
+            self.client.log_batch(self.run_id, metrics=self.buffer[i : i + 1000])
+        self.buffer = []
