@@ -34,7 +34,7 @@ class CorpusConfig:
     """The built-in corpus, generated deterministically on the machine (DESIGN.md §4)."""
 
     code_files: int = 500  # Python standard-library modules
-    prose_docs: int = 1200  # paragraphs of Python's own documentation
+    prose_docs: int = 1500  # passages of Python's own documentation (reference and docstrings)
     math_problems: int = 6000  # arithmetic word problems with worked solutions
     math_test_problems: int = 200  # held out: evals, reward accuracy, decontamination
     passkey_docs: int = 150  # long documents with a pass key to retrieve
@@ -105,7 +105,7 @@ class TrainConfig:
 class PretrainConfig:
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 700
+    steps: int = 400
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
@@ -120,13 +120,12 @@ class ExtendConfig:
     seq_len: int = 1024
     rope_base: float = 100000.0
     batch_size: int = 4
-    steps: int = 120
+    steps: int = 60
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
     weight_decay: float = 0.1
     grad_clip: float = 1.0
-    long_frac: float = 0.5  # share of sequences drawn from long documents
     replay_frac: float = 0.05  # share of the original short-context mix (continued-pretraining replay)
 
 
@@ -136,7 +135,7 @@ class AnnealConfig:
 
     seq_len: int = 512
     batch_size: int = 8
-    steps: int = 120
+    steps: int = 80
     lr: float = 1e-3
     weight_decay: float = 0.1
     grad_clip: float = 1.0
@@ -150,9 +149,10 @@ class RewardConfig:
     """Bradley-Terry reward model on verifiable preference pairs, started from the base."""
 
     pairs: int = 1500
+    heldout_frac: float = 0.1  # pairs kept aside to measure reward accuracy
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 120
+    steps: int = 100
     lr: float = 5e-4
     warmup_steps: int = 10
     weight_decay: float = 0.0
@@ -172,7 +172,7 @@ class RejectionSampleConfig:
 class SFTConfig:
     seq_len: int = 256
     batch_size: int = 16
-    steps: int = 80
+    steps: int = 60
     lr: float = 3e-4
     warmup_steps: int = 5
     weight_decay: float = 0.0
@@ -184,7 +184,7 @@ class DPOConfig:
     beta: float = 0.1
     seq_len: int = 256
     batch_size: int = 8
-    steps: int = 60
+    steps: int = 40
     lr: float = 1e-4
     warmup_steps: int = 5
     weight_decay: float = 0.0

@@ -58,13 +58,17 @@ def _doc_paragraphs() -> list[tuple[str, str]]:
     root = Path(sysconfig.get_paths()["stdlib"])
     for path in sorted(root.glob("*.py")):
         try:
-            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8", errors="replace")))
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
         except SyntaxError:
             continue
-        for i, para in enumerate((doc or "").split("\n\n")):
-            para = " ".join(line.strip() for line in para.splitlines() if line.strip())
-            if len(para.split()) >= 25:
-                paragraphs.append((f"docstring/{path.stem}/{i}", para))
+        documented = [tree] + [n for n in ast.walk(tree)
+                               if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        for node in documented:
+            owner = getattr(node, "name", "module")
+            for i, para in enumerate((ast.get_docstring(node) or "").split("\n\n")):
+                para = " ".join(line.strip() for line in para.splitlines() if line.strip())
+                if len(para.split()) >= 25 and not para.startswith(">>>"):
+                    paragraphs.append((f"docstring/{path.stem}.{owner}/{i}", para))
     return paragraphs
 
 
@@ -191,7 +195,7 @@ def web_pages(n: int, seed: int, prose: list[dict]) -> list[dict]:
         elif kind == "spam":
             text = "\n".join(rng.choice(SPAM) for _ in range(rng.randint(8, 30)))
         elif kind == "lorem":
-            text = " ".join(rng.choice(LOREM) for _ in range(rng.randint(60, 300)))
+            text = "Lorem ipsum dolor sit amet, " + " ".join(rng.choice(LOREM) for _ in range(rng.randint(60, 300)))
         elif kind == "mojibake":
             text = src.replace("e", "é").replace("a", "à").encode("utf-8").decode("latin-1")
         elif kind == "symbols":

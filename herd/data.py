@@ -2,6 +2,7 @@
 outputs as parquet (columns carried through unchanged, so any document can be traced)."""
 
 import gzip
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -83,3 +84,8 @@ def read_jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def in_holdout(key, frac: float) -> bool:
+    """A stable split by key: adding records never moves old ones between splits."""
+    return int(hashlib.sha1(str(key).encode()).hexdigest()[:8], 16) < frac * 2**32

@@ -37,5 +37,7 @@ def configure_environment(root: Path | None = None) -> None:
     root = root or project_root()
     for key, value in OFFLINE.items():
         os.environ.setdefault(key, value)
-    state = state_dir(root)
-    os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))
+    if (root / "params.yaml").is_file():  # inside a Herd project: keep all state in it
+        state = state_dir(root)
+        (state / "prefect").mkdir(parents=True, exist_ok=True)
+        os.environ.setdefault("PREFECT_HOME", str(state / "prefect"))

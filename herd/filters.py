@@ -19,7 +19,8 @@ BOILERPLATE = re.compile(
     re.IGNORECASE,
 )
 MOJIBAKE = re.compile("[ÃÂâ][\u0080-\u00bf\u20ac\u201a-\u201e\u2020-\u2022\u2122\u0152\u0153\u0160\u0161]|Ã.")
-LOREM = re.compile(r"lorem ipsum|dolor sit amet", re.IGNORECASE)
+LOREM_WORDS = frozenset("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
+                        "incididunt ut labore et dolore magna aliqua enim ad minim veniam quis nostrud".split())
 WORD = re.compile(r"\w+")
 
 
@@ -53,7 +54,7 @@ def prose_rule_failed(text: str, cfg, min_alpha_word_frac: float) -> str | None:
     lowered = [w.lower().strip(".,;:!?\"'()") for w in words]
     if sum(w in STOP_WORDS for w in lowered) < cfg.min_stopwords:
         return "stop_words"
-    if LOREM.search(text):
+    if sum(w in LOREM_WORDS for w in lowered) > 0.2 * n:
         return "lorem_ipsum"
     lines = [line.strip() for line in text.split("\n") if line.strip()]
     if lines:

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from herd import tracking
+from herd.atomic import recover, swap_in
 from herd.config import stage_config
 from herd.env import project_root, state_dir
 from herd.errors import HerdError
@@ -66,6 +67,7 @@ class StageRun:
     root: Path
     out: Path  # the temporary output folder; becomes artifacts/<name> on success
     inputs: dict[str, Path]
+    input_hashes: dict[str, str]
     run_id: str
     metrics: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)  # extra lineage fields (e.g. the raw sources)
@@ -102,25 +104,6 @@ class StageRun:
         return chain
 
 
-def _swap_in(tmp: Path, final: Path) -> None:
-    """Replace `final` by `tmp`. The old folder is kept aside until the new one is in place."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    if old.exists():
-        shutil.rmtree(old)
-
-
-def _recover(final: Path) -> None:
-    """A kill between the two renames of `_swap_in` leaves the previous output aside: restore it."""
-    old = final.with_name(f".{final.name}.old")
-    if old.exists() and not final.exists():
-        old.rename(final)
-
-
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -137,10 +120,10 @@ def stage_run(name: str, inputs: list[str] = ()):
     cfg = stage_config(name, root)
     artifacts = root / "artifacts"
     final = artifacts / name
-    _recover(final)
+    recover(final)
     input_dirs = {}
     for stage in inputs:
-        _recover(artifacts / stage)
+        recover(artifacts / stage)
         path = artifacts / stage
         if not (path / "manifest.json").is_file():
             raise HerdError(f"stage '{name}' needs the output of '{stage}' at {path}, which is missing: "
@@ -161,7 +144,8 @@ def stage_run(name: str, inputs: list[str] = ()):
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent,
                           tags={"herd.stage": name}) as run:
         mlflow.log_params(tracking.flatten({k: v for k, v in params.items() if k != "tracking"}))
-        st = StageRun(name, cfg, root, tmp, input_dirs, run.info.run_id,
+        input_hashes = {stage: hash_path(path) for stage, path in input_dirs.items()}
+        st = StageRun(name, cfg, root, tmp, input_dirs, input_hashes, run.info.run_id,
                       logger=tracking.MetricLogger(run.info.run_id))
         try:
             yield st
@@ -181,7 +165,7 @@ def stage_run(name: str, inputs: list[str] = ()):
         manifest = {
             "stage": name,
             "params": {k: v for k, v in params.items() if k != "tracking"},
-            "inputs": {stage: hash_path(path) for stage, path in input_dirs.items()},
+            "inputs": input_hashes,
             # Hash of the product itself (metrics.json holds the wall time, which varies run to run).
             "output_sha256": _hash_outputs(tmp),
             "code": code_version(root),
@@ -193,7 +177,7 @@ def stage_run(name: str, inputs: list[str] = ()):
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         mlflow.log_dict(manifest, "manifest.json")
-        _swap_in(tmp, final)
+        swap_in(tmp, final)
     st.out = final
 
 

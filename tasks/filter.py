@@ -4,7 +4,6 @@ Every input document ends up either in the kept corpus or in rejects.parquet wit
 dropped it; metrics.json counts both per rule and per domain.
 """
 
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from herd import filters
-from herd.data import read_jsonl, read_table, write_table
+from herd.data import in_holdout, read_jsonl, read_table, write_table
 from herd.errors import HerdError
 from herd.plots import funnel_plot
 from herd.stage import main, stage_run
@@ -68,11 +67,6 @@ def filter_documents(docs: list[dict], cfg, grams: set) -> tuple[list[dict], lis
     return kept, rejects, steps
 
 
-def is_validation(doc: dict, frac: float) -> bool:
-    """A stable split by id, so adding documents never moves old ones between splits."""
-    return int(hashlib.sha1(str(doc["id"]).encode()).hexdigest()[:8], 16) < frac * 2**32
-
-
 def run() -> None:
     with stage_run("filter", inputs=["corpus"]) as st:
         cfg = st.cfg.filter
@@ -84,8 +78,8 @@ def run() -> None:
             top = Counter(r["reject_reason"] for r in rejects).most_common(1)
             raise HerdError(f"the filter removed every document; the rule that removed most was "
                             f"'{top[0][0]}' ({top[0][1]} documents): check its threshold in params.yaml")
-        validation = [d for d in kept if is_validation(d, cfg.validation_frac)]
-        train, shares = filters.mix([d for d in kept if not is_validation(d, cfg.validation_frac)],
+        validation = [d for d in kept if in_holdout(d["id"], cfg.validation_frac)]
+        train, shares = filters.mix([d for d in kept if not in_holdout(d["id"], cfg.validation_frac)],
                                     dict(cfg.weights), st.seed)
         write_table(train, st.out / "train.parquet")
         write_table(validation, st.out / "validation.parquet")

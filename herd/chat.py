@@ -1,0 +1,41 @@
+"""The chat format and padded batches for post-training (reward, SFT, DPO).
+
+A conversation is `<|user|> question <|assistant|> response <|end|>`; losses on responses only.
+"""
+
+import torch
+
+from herd.lm import IGNORE
+from herd.tokens import ASSISTANT, END, PAD, USER, special_id
+
+
+class ChatFormat:
+    def __init__(self, tok):
+        self.tok = tok
+        self.user, self.assistant = special_id(tok, USER), special_id(tok, ASSISTANT)
+        self.end, self.pad = special_id(tok, END), special_id(tok, PAD)
+
+    def prompt(self, question: str) -> list[int]:
+        return [self.user, *self.tok.encode(question).ids, self.assistant]
+
+    def response(self, text: str) -> list[int]:
+        return [*self.tok.encode(text).ids, self.end]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tok.decode([i for i in ids if i != self.end])
+
+    def batch(self, pairs: list[tuple[list[int], list[int]]], max_len: int) -> dict:
+        """Right-padded input ids, labels on response tokens only, and each row's last index."""
+        ids = torch.full((len(pairs), max_len), self.pad, dtype=torch.long)
+        labels = torch.full((len(pairs), max_len), IGNORE, dtype=torch.long)
+        last = torch.zeros(len(pairs), dtype=torch.long)
+        for i, (prompt, response) in enumerate(pairs):
+            seq = (prompt + response)[: max_len + 1]
+            n = len(seq) - 1
+            ids[i, :n] = torch.tensor(seq[:-1])
+            # labels[t] is the token after position t; only response tokens are predicted
+            target = torch.tensor(seq[1:])
+            mask = torch.arange(1, len(seq)) >= len(prompt)
+            labels[i, :n] = torch.where(mask, target, torch.full_like(target, IGNORE))
+            last[i] = n - 1
+        return {"input_ids": ids, "labels": labels, "last": last}

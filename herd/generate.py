@@ -1,0 +1,42 @@
+"""Sampling with a KV cache: one prompt, n samples in parallel (the rejection-sampling shape)."""
+
+import torch
+
+from herd.train import autocast, device
+
+
+@torch.no_grad()
+def sample(model, prompt: list[int], n: int, max_new_tokens: int, temperature: float, top_k: int,
+           stop_id: int, generator: torch.Generator | None = None, precision: str = "bf16") -> list[list[int]]:
+    """n continuations of `prompt` (temperature 0 is greedy), each cut after `stop_id`."""
+    model.eval()
+    dev = device()
+    total = len(prompt) + max_new_tokens
+    cache = model.new_cache(n, total)
+    idx = torch.tensor([prompt] * n, device=dev)
+    out = torch.zeros(n, 0, dtype=torch.long, device=dev)
+    done = torch.zeros(n, dtype=torch.bool, device=dev)
+    start = 0
+    with autocast(precision):
+        for _ in range(max_new_tokens):
+            logits = model(idx, cache=cache, start=start)[:, -1].float()
+            start += idx.shape[1]
+            if temperature <= 0:
+                nxt = logits.argmax(-1)
+            else:
+                logits = logits / temperature
+                if top_k:
+                    kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = logits.softmax(-1)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(dev)
+            nxt = torch.where(done, torch.full_like(nxt, stop_id), nxt)
+            out = torch.cat([out, nxt[:, None]], dim=1)
+            done |= nxt == stop_id
+            if done.all():
+                break
+            idx = nxt[:, None]
+    results = []
+    for row in out.tolist():
+        results.append(row[: row.index(stop_id) + 1] if stop_id in row else row)
+    return results

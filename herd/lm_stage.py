@@ -1,0 +1,45 @@
+"""What pretrain, extend and anneal share: load streams, train a causal LM on a window mix,
+report per-domain held-out loss, save the checkpoint with its tokenizer."""
+
+import math
+import shutil
+from pathlib import Path
+
+from herd.lm import WindowSampler, domain_losses, lm_loss
+from herd.model import save_checkpoint
+from herd.tokens import load_streams
+from herd.train import finish, run_key, train
+
+
+def eval_losses(st, model, streams, seq_len: int) -> dict[str, float]:
+    losses = domain_losses(model, streams, seq_len, st.cfg.train.eval_batches, st.cfg.train.precision)
+    losses["mean"] = round(sum(losses.values()) / len(losses), 4)
+    return losses
+
+
+def train_lm(st, model, tokens_dir: Path, *, section, weights: dict[str, float], lr_at, eval_seq_lens,
+             on_step_end=None) -> dict:
+    """Train `model` on windows of `section.seq_len` drawn to `weights`; returns the metrics."""
+    train_streams, val_streams = load_streams(tokens_dir, "train"), load_streams(tokens_dir, "validation")
+    sampler = WindowSampler(train_streams, weights, section.seq_len, section.batch_size, st.seed)
+    key = run_key(st.name, dict(st.cfg), {s: str(p) for s, p in st.inputs.items()}, st.input_hashes)
+    result = train(
+        st, model, steps=section.steps, lr_at=lr_at, batch_at=sampler, loss_fn=lm_loss,
+        weight_decay=section.weight_decay, grad_clip=section.grad_clip, key=key,
+        eval_fn=lambda: eval_losses(st, model, val_streams, section.seq_len), on_step_end=on_step_end,
+    )
+    metrics = dict(result)
+    for seq_len in eval_seq_lens:
+        for domain, loss in eval_losses(st, model, val_streams, seq_len).items():
+            metrics[f"val_loss_{domain}_len{seq_len}"] = loss
+        metrics[f"val_ppl_len{seq_len}"] = round(math.exp(metrics[f"val_loss_mean_len{seq_len}"]), 3)
+    return metrics
+
+
+def save_model(st, model, tokens_dir: Path) -> None:
+    """The checkpoint in the Hugging Face layout, with the tokenizer beside it."""
+    folder = st.out / "model"
+    save_checkpoint(model, folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokens_dir / name, folder / name)
+    finish(st)

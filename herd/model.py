@@ -1,0 +1,219 @@
+"""A Llama-style decoder in plain torch: grouped-query attention, RMSNorm pre-norm, SwiGLU, RoPE.
+
+Module names mirror Hugging Face's LlamaForCausalLM / LlamaForSequenceClassification, and RoPE
+uses the same rotate-half convention, so a checkpoint saved here (config.json + model.safetensors)
+loads in `transformers` unchanged and gives the same logits.
+"""
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from herd.errors import HerdError
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int
+    dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    ffn_dim: int
+    rope_base: float = 10000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = True
+    max_seq_len: int = 2048
+    eot_id: int = 0
+    pad_id: int = 1
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    def to_hf(self, architecture: str) -> dict:
+        return {
+            "architectures": [architecture], "model_type": "llama", "vocab_size": self.vocab_size,
+            "hidden_size": self.dim, "intermediate_size": self.ffn_dim, "num_hidden_layers": self.n_layers,
+            "num_attention_heads": self.n_heads, "num_key_value_heads": self.n_kv_heads,
+            "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_base, "tie_word_embeddings": self.tie_embeddings,
+            "max_position_embeddings": self.max_seq_len, "bos_token_id": self.eot_id, "eos_token_id": self.eot_id,
+            "pad_token_id": self.pad_id, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
+            "torch_dtype": "float32", "num_labels": 1, "herd": asdict(self),
+        }
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight, self.eps = nn.Parameter(torch.ones(dim)), eps
+
+    def forward(self, x):
+        # Normalise in fp32 even under bf16 autocast: the mean of squares loses precision otherwise.
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+
+
+def rope_tables(cfg: LlamaConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+    freqs = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.q_proj = nn.Linear(cfg.dim, cfg.n_heads * hd, bias=False)
+        self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
+        self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+
+    def forward(self, x, cos, sin, cache=None, start=0):
+        B, T, _ = x.shape
+        hd, nh, nkv = self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads
+        q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
+        if cache is None and start > 0:
+            raise HerdError("a forward pass from a position other than 0 needs a KV cache")
+        if cache is not None:  # KV cache for generation: write this step's keys, attend to all so far
+            cache[0][:, :, start : start + T] = k
+            cache[1][:, :, start : start + T] = v
+            k, v = cache[0][:, :, : start + T], cache[1][:, :, : start + T]
+        if nkv != nh:
+            k = k.repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        # A single new token attends to everything cached; a prompt (start == 0) is causal.
+        if T > 1 and start > 0:
+            raise HerdError("the KV cache takes a whole prompt at position 0, then one token at a time")
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x):
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, cache=None, start=0):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Backbone(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.dim, cfg.norm_eps)
+
+
+class Llama(nn.Module):
+    """Causal LM (`head="lm"`) or scalar reward model (`head="score"`, Bradley-Terry)."""
+
+    def __init__(self, cfg: LlamaConfig, head: str = "lm"):
+        super().__init__()
+        self.cfg, self.head = cfg, head
+        self.model = Backbone(cfg)
+        if head == "lm":
+            self.lm_head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+            if cfg.tie_embeddings:
+                self.lm_head.weight = self.model.embed_tokens.weight
+        else:
+            self.score = nn.Linear(cfg.dim, 1, bias=False)
+
+    def init_weights(self, std: float, generator: torch.Generator | None = None) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                nn.init.ones_(p)
+            else:
+                # GPT-2 style: residual output projections scaled down by depth for a stable start.
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1
+                nn.init.normal_(p, std=std * scale, generator=generator)
+
+    def hidden(self, idx, cache=None, start=0):
+        T = idx.shape[1]
+        cos, sin = rope_tables(self.cfg, torch.arange(start, start + T, device=idx.device))
+        x = self.model.embed_tokens(idx)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, None if cache is None else cache[i], start)
+        return self.model.norm(x)
+
+    def forward(self, idx, cache=None, start=0):
+        """Logits (B, T, vocab) for an LM; per-token scores (B, T) for a reward model."""
+        h = self.hidden(idx, cache, start)
+        return self.lm_head(h) if self.head == "lm" else self.score(h).squeeze(-1)
+
+    def new_cache(self, batch: int, length: int, dtype=torch.float32):
+        shape = (batch, self.cfg.n_kv_heads, length, self.cfg.head_dim)
+        dev = self.model.embed_tokens.weight.device
+        return [(torch.zeros(shape, dtype=dtype, device=dev), torch.zeros(shape, dtype=dtype, device=dev))
+                for _ in self.model.layers]
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def save_checkpoint(model: Llama, folder: Path) -> None:
+    """config.json + model.safetensors in the Hugging Face layout (no pickles)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    arch = "LlamaForCausalLM" if model.head == "lm" else "LlamaForSequenceClassification"
+    (folder / "config.json").write_text(json.dumps(model.cfg.to_hf(arch), indent=2) + "\n")
+    state = {k: v.detach().contiguous().float() for k, v in model.state_dict().items()}
+    if model.head == "lm" and model.cfg.tie_embeddings:
+        state.pop("lm_head.weight")  # tied: HF re-ties it from embed_tokens on load
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def load_checkpoint(folder: Path, head: str | None = None, **overrides) -> Llama:
+    """Load a checkpoint; `head` switches an LM to a reward model (score head freshly zeroed)."""
+    config_path = folder / "config.json"
+    if not config_path.is_file():
+        raise HerdError(f"missing checkpoint {config_path}: run the stage that produces it first")
+    hf = json.loads(config_path.read_text())
+    cfg = LlamaConfig(**{**hf["herd"], **overrides})
+    saved_head = "lm" if hf["architectures"][0] == "LlamaForCausalLM" else "score"
+    model = Llama(cfg, head or saved_head)
+    state = load_file(str(folder / "model.safetensors"))
+    if model.head != saved_head:
+        state = {k: v for k, v in state.items() if k.startswith("model.")}
+        if model.head == "score":
+            nn.init.zeros_(model.score.weight)  # every response starts at reward 0
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    allowed_missing = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    if model.head != saved_head:
+        allowed_missing |= {"score.weight", "lm_head.weight"}
+    if set(missing) - allowed_missing or unexpected:
+        raise HerdError(f"checkpoint {folder} does not match its config: missing {missing}, unexpected {unexpected}")
+    return model

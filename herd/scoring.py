@@ -1,0 +1,27 @@
+"""Scoring responses with a reward model, in batches."""
+
+import torch
+
+from herd.losses import rewards
+from herd.train import autocast
+
+
+@torch.no_grad()
+def score_responses(model, fmt, pairs: list[tuple[str, str]], seq_len: int = 512, batch_size: int = 32,
+                    precision: str = "bf16") -> list[float]:
+    """Reward of each (prompt, response text)."""
+    return score_ids(model, fmt, [(fmt.prompt(p), fmt.response(r)) for p, r in pairs], seq_len, batch_size, precision)
+
+
+@torch.no_grad()
+def score_ids(model, fmt, rows: list[tuple[list[int], list[int]]], seq_len: int = 512, batch_size: int = 32,
+              precision: str = "bf16") -> list[float]:
+    """Reward of each (prompt ids, response ids); a response already ending in <|end|> is kept as is."""
+    model.eval()
+    scores = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        longest = max(len(p) + len(r) for p, r in chunk)
+        with autocast(precision):
+            scores += rewards(model, fmt.batch(chunk, min(seq_len, longest))).tolist()
+    return scores

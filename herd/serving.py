@@ -1,0 +1,46 @@
+"""The MLflow model for Herd checkpoints, defined from code (no pickles).
+
+MLflow copies this file into every logged model; the checkpoint folder (safetensors, config and
+tokenizer) travels as the model's artifact. `model_config["kind"]` says what it serves:
+- policy: input a DataFrame with a `prompt` column, output the greedy response to each;
+- reward: input `prompt` and `response` columns, output one scalar reward each.
+"""
+
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+
+
+class HerdModel(mlflow.pyfunc.PythonModel):
+    def load_context(self, context):
+        from herd.chat import ChatFormat
+        from herd.model import load_checkpoint
+        from herd.tokens import load_tokenizer
+
+        folder = Path(context.artifacts["checkpoint"])
+        self.kind = context.model_config["kind"]
+        self.model = load_checkpoint(folder).eval()
+        self.fmt = ChatFormat(load_tokenizer(folder))
+
+    def predict(self, context, model_input, params=None):
+        from herd.generate import sample
+        from herd.scoring import score_responses
+
+        prompts = _column(model_input, "prompt")
+        if self.kind == "reward":
+            return score_responses(self.model, self.fmt, list(zip(prompts, _column(model_input, "response"))))
+        max_new = int((params or {}).get("max_new_tokens", 64))
+        return [self.fmt.decode(sample(self.model, self.fmt.prompt(p), 1, max_new, 0.0, 0, self.fmt.end)[0])
+                for p in prompts]
+
+
+def _column(frame, name: str) -> list[str]:
+    if isinstance(frame, pd.DataFrame):
+        if name not in frame.columns:
+            raise ValueError(f"input needs a '{name}' column; got {list(frame.columns)}")
+        return frame[name].astype(str).tolist()
+    return [str(row[name]) for row in frame]
+
+
+mlflow.models.set_model(HerdModel())

@@ -1,0 +1,55 @@
+"""rejection_sample: K samples per prompt from the annealed base, each scored by the reward model;
+the best becomes SFT data, and best vs worst a DPO pair (Llama 3's post-training loop)."""
+
+import torch
+from tqdm import tqdm
+
+from herd.chat import ChatFormat
+from herd.data import read_table, write_jsonl
+from herd.generate import sample
+from herd.model import load_checkpoint
+from herd.preferences import final_answer, math_problems
+from herd.scoring import score_ids
+from herd.stage import main, stage_run
+from herd.tokens import load_tokenizer
+
+
+def run() -> None:
+    with stage_run("rejection_sample", inputs=["anneal", "reward", "filter"]) as st:
+        cfg, precision = st.cfg.rejection_sample, st.cfg.train.precision
+        policy = load_checkpoint(st.input("anneal") / "model")
+        judge = load_checkpoint(st.input("reward") / "model")
+        fmt = ChatFormat(load_tokenizer(st.input("anneal") / "model"))
+        problems = math_problems(read_table(st.input("filter") / "train.parquet"))[: cfg.prompts]
+        g = torch.Generator().manual_seed(st.seed)
+        rows, best_scores, correct_best, correct_any = [], [], 0, 0
+        for problem in tqdm(problems, desc="rejection_sample", unit="prompt", mininterval=2):
+            prompt = fmt.prompt(problem["question"])
+            samples = sample(policy, prompt, cfg.k, cfg.max_new_tokens, cfg.temperature, cfg.top_k, fmt.end, g,
+                             precision)
+            scores = score_ids(judge, fmt, [(prompt, s) for s in samples], precision=precision)
+            texts = [fmt.decode(s) for s in samples]
+            correct = [final_answer(t) == problem["answer"] for t in texts]
+            order = sorted(range(cfg.k), key=lambda i: -scores[i])
+            best, worst = order[0], order[-1]
+            rows.append({"id": problem["id"], "prompt": problem["question"], "answer": problem["answer"],
+                         "samples": texts, "scores": scores, "correct": correct,
+                         "best": texts[best], "worst": texts[worst],
+                         "best_score": scores[best], "worst_score": scores[worst]})
+            best_scores.append(scores[best])
+            correct_best += correct[best]
+            correct_any += any(correct)
+        write_jsonl(rows, st.out / "samples.jsonl")
+        n = len(rows)
+        st.metrics.update({
+            "prompts": n, "k": cfg.k,
+            "mean_best_score": round(sum(best_scores) / n, 4),
+            "mean_score": round(sum(sum(r["scores"]) / cfg.k for r in rows) / n, 4),
+            "best_correct_rate": round(correct_best / n, 4),
+            "any_correct_rate": round(correct_any / n, 4),
+            "mean_sample_correct_rate": round(sum(sum(r["correct"]) for r in rows) / (n * cfg.k), 4),
+        })
+
+
+if __name__ == "__main__":
+    main(run)

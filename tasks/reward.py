@@ -1,0 +1,76 @@
+"""reward: a Bradley-Terry reward model started from the annealed base (scalar head), trained on
+verifiable preference pairs; one model for every criterion, as Llama 3."""
+
+import torch
+
+from herd.chat import ChatFormat
+from herd.data import in_holdout, read_table, write_jsonl
+from herd.errors import HerdError
+from herd.losses import bradley_terry_loss, rewards
+from herd.model import load_checkpoint, save_checkpoint
+from herd.preferences import math_problems, preference_pairs
+from herd.registry import register
+from herd.schedule import warmup_cosine
+from herd.stage import main, stage_run
+from herd.tokens import load_tokenizer
+from herd.train import autocast, finish, run_key, train
+
+
+def pair_batch(fmt: ChatFormat, pairs: list[dict], seq_len: int) -> dict:
+    """Chosen rows first, then rejected rows, in one padded batch."""
+    rows = [(fmt.prompt(p["prompt"]), fmt.response(p[side])) for side in ("chosen", "rejected") for p in pairs]
+    return fmt.batch(rows, seq_len)
+
+
+def bt_step(model, batch) -> tuple[torch.Tensor, dict]:
+    r = rewards(model, batch)
+    chosen, rejected = r.chunk(2)
+    return bradley_terry_loss(chosen, rejected), {"accuracy": (chosen > rejected).float().mean().item()}
+
+
+@torch.no_grad()
+def pair_accuracy(model, fmt, pairs, seq_len, precision) -> float:
+    correct = 0
+    for i in range(0, len(pairs), 32):
+        with autocast(precision):
+            _, metrics = bt_step(model, pair_batch(fmt, pairs[i : i + 32], seq_len))
+        correct += metrics["accuracy"] * len(pairs[i : i + 32])
+    return round(correct / len(pairs), 4)
+
+
+def run() -> None:
+    with stage_run("reward", inputs=["anneal", "filter"]) as st:
+        cfg = st.cfg.reward
+        base = st.input("anneal") / "model"
+        fmt = ChatFormat(load_tokenizer(base))
+        problems = math_problems(read_table(st.input("filter") / "train.parquet"))
+        if len(problems) < 10:
+            raise HerdError(f"reward needs math problems with questions in the filtered corpus; found {len(problems)}")
+        pairs = preference_pairs(problems, cfg.pairs, st.seed)
+        held_out = [p for p in pairs if in_holdout(p["id"], cfg.heldout_frac)]
+        train_pairs = [p for p in pairs if not in_holdout(p["id"], cfg.heldout_frac)]
+        model = load_checkpoint(base, head="score")
+
+        def batch_at(step: int) -> dict:
+            g = torch.Generator().manual_seed(st.seed * 7919 + step)
+            idx = torch.randint(0, len(train_pairs), (cfg.batch_size,), generator=g).tolist()
+            return pair_batch(fmt, [train_pairs[i] for i in idx], cfg.seq_len)
+
+        st.metrics.update(train(
+            st, model, steps=cfg.steps, batch_at=batch_at, loss_fn=bt_step,
+            lr_at=lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.lr, 0.1),
+            weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+            key=run_key(st.name, dict(st.cfg), st.input_hashes),
+        ))
+        st.metrics["heldout_accuracy"] = pair_accuracy(model, fmt, held_out, cfg.seq_len, st.cfg.train.precision)
+        st.metrics["heldout_pairs"] = len(held_out)
+        save_checkpoint(model, st.out / "model")
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            (st.out / "model" / name).write_bytes((base / name).read_bytes())
+        write_jsonl(held_out, st.out / "heldout_pairs.jsonl")
+        register(st, st.out / "model", "reward", st.cfg.tracking.reward_model)
+        finish(st)
+
+
+if __name__ == "__main__":
+    main(run)

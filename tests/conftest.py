@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny copy of the project (same code, dvc.yaml and params schema, smaller
+numbers) in a temporary folder, so pipeline tests never touch the developer's artifacts."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        out[key] = deep_merge(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def make_project(folder: Path, overrides: dict | None = None) -> Path:
+    """A DVC project with the repository's code and dvc.yaml and the tiny params."""
+    for name in ("herd", "tasks", "flows"):
+        shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params = deep_merge(deep_merge(params, yaml.safe_load((REPO / "tests" / "tiny.yaml").read_text())),
+                        overrides or {})
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = project_env(folder)
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=folder, env=env, check=True)
+    subprocess.run(["dvc", "config", "core.analytics", "false"], cwd=folder, env=env, check=True)
+    return folder
+
+
+def project_env(folder: Path) -> dict:
+    """The environment a stage gets in `folder`: its own MLflow store and Prefect home."""
+    env = dict(os.environ)
+    for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "HERD_PARENT_RUN_ID"):
+        env.pop(key, None)
+    env["PYTHONPATH"] = str(folder)
+    return env
+
+
+def set_param(project: Path, dotted: str, value) -> None:
+    path = project / "params.yaml"
+    params = yaml.safe_load(path.read_text())
+    node = params
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        node = node[key]
+    node[leaf] = value
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def pipeline_project(tmp_path_factory) -> Path:
+    """The tiny project after one full run of the Prefect flow (shared by the pipeline tests)."""
+    project = make_project(tmp_path_factory.mktemp("herd"))
+    run_flow(project)
+    return project
+
+
+def run_flow(project: Path) -> subprocess.CompletedProcess:
+    """`herd run` in the project, as a user would; returns the finished process."""
+    proc = subprocess.run(["python", "-m", "flows.pipeline", "run"], cwd=project, env=project_env(project),
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc
+
+
+def stage_lines(proc: subprocess.CompletedProcess) -> dict[str, str]:
+    """{stage: 'running' | 'skipped'} from the flow's one line per stage."""
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("[herd] ") and (" running " in line or " skipped " in line):
+            parts = line.split()
+            out[parts[1]] = parts[2]
+    return out

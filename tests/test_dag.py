@@ -1,0 +1,35 @@
+"""dvc.yaml is the one declaration of the DAG: the Prefect flow is built from it."""
+
+import networkx as nx
+from dvc.repo import Repo
+
+from flows.pipeline import load_dag, topological
+from herd.config import Params, stage_sections
+from tests.conftest import REPO
+
+CHAIN = ["corpus", "filter", "tokenizer", "pretrain", "extend", "anneal", "reward", "rejection_sample", "sft",
+         "dpo", "evaluate"]
+
+
+def test_flow_dag_equals_dvc_graph():
+    dag = load_dag(REPO)
+    with Repo(str(REPO)) as repo:
+        graph = repo.index.graph
+        # DVC's edges point from a stage to the stages it depends on
+        dvc_edges = {(u.addressing, v.addressing) for u, v in graph.edges}
+    flow_edges = {(stage, up) for stage, ups in dag.items() for up in ups}
+    assert flow_edges == dvc_edges
+    assert nx.is_directed_acyclic_graph(nx.DiGraph(list(flow_edges)))
+
+
+def test_recipe_order_and_shape():
+    dag = load_dag(REPO)
+    assert topological(dag) == CHAIN
+    assert "anneal" in dag["reward"] and "anneal" in dag["rejection_sample"]  # both start from the base
+    assert "sft" in dag["dpo"]  # dpo's reference is the sft policy
+
+
+def test_every_declared_params_section_exists():
+    sections = set(Params.__dataclass_fields__)
+    for stage in CHAIN:
+        assert set(stage_sections(stage, REPO)) <= sections

@@ -1,0 +1,133 @@
+"""The whole chain on the tiny config, through the Prefect flow as a user runs it: it completes,
+reruns only what changed, tracks every stage in MLflow and registers the two models."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import project_env, run_flow, set_param, stage_lines
+
+pytestmark = pytest.mark.slow
+
+ALL = ["corpus", "filter", "tokenizer", "pretrain", "extend", "anneal", "reward", "rejection_sample", "sft",
+       "dpo", "evaluate"]
+
+
+def mlflow_client(project):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{project / '.herd' / 'mlflow.db'}")
+    mlflow.set_registry_uri(f"sqlite:///{project / '.herd' / 'mlflow.db'}")
+    return mlflow.MlflowClient()
+
+
+def test_first_run_completes_every_stage_with_its_contract(pipeline_project):
+    for stage in ALL:
+        folder = pipeline_project / "artifacts" / stage
+        manifest = json.loads((folder / "manifest.json").read_text())
+        assert manifest["stage"] == stage and manifest["mlflow_run_id"]
+        assert json.loads((folder / "metrics.json").read_text())
+    report = (pipeline_project / "artifacts" / "evaluate" / "report.md").read_text()
+    for stage in ("pretrain", "extend", "anneal", "sft", "dpo"):
+        assert f"| {stage} |" in report
+    # Pretraining learned something: held-out loss well below the corpus' unigram entropy.
+    pre = json.loads((pipeline_project / "artifacts" / "pretrain" / "metrics.json").read_text())
+    assert pre["val_loss_mean_len64"] < pre["unigram_entropy"]
+
+
+def test_second_run_skips_every_stage(pipeline_project):
+    started = time.time()
+    proc = run_flow(pipeline_project)
+    assert stage_lines(proc) == {s: "skipped" for s in ALL}
+    assert time.time() - started < 90
+
+
+def test_param_changes_rerun_exactly_their_descendants(pipeline_project):
+    set_param(pipeline_project, "dpo.beta", 0.2)
+    assert [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"] == ["dpo", "evaluate"]
+
+    set_param(pipeline_project, "anneal.lr", 0.002)
+    ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
+    assert ran == ["anneal", "reward", "rejection_sample", "sft", "dpo", "evaluate"]
+
+    set_param(pipeline_project, "filter.min_words", 15)
+    ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
+    assert ran == ALL[1:]  # everything downstream of the raw corpus
+
+
+def test_every_executed_stage_is_a_nested_mlflow_run(pipeline_project):
+    client = mlflow_client(pipeline_project)
+    experiment = client.get_experiment_by_name("herd")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = {r.info.run_id for r in runs if r.data.tags.get("herd.stage") == "pipeline"}
+    stage_runs = [r for r in runs if r.data.tags.get("herd.stage") != "pipeline"]
+    assert parents and stage_runs
+    assert all(r.data.tags.get("mlflow.parentRunId") in parents for r in stage_runs)
+    first = min(parents, key=lambda p: next(r.info.start_time for r in runs if r.info.run_id == p))
+    assert sorted(r.data.tags["herd.stage"] for r in stage_runs if r.data.tags["mlflow.parentRunId"] == first) \
+        == sorted(ALL)
+    pretrain = next(r for r in stage_runs if r.data.tags["herd.stage"] == "pretrain")
+    assert len(client.get_metric_history(pretrain.info.run_id, "loss")) > 1  # per-step metrics
+
+
+def test_registered_models_resolve_by_alias_and_reproduce_outputs(pipeline_project):
+    import mlflow
+    import pandas as pd
+
+    from herd.chat import ChatFormat
+    from herd.model import load_checkpoint
+    from herd.scoring import score_responses
+    from herd.tokens import load_tokenizer
+
+    client = mlflow_client(pipeline_project)
+    frame = pd.DataFrame({"prompt": ["Ava has 3 apples. How many apples?"] * 2,
+                          "response": ["Ava has 3 apples. The answer is 3.", "The answer is 7."]})
+    reward_dir = pipeline_project / "artifacts" / "reward" / "model"
+    expected = score_responses(load_checkpoint(reward_dir), ChatFormat(load_tokenizer(reward_dir)),
+                               list(zip(frame.prompt, frame.response)))
+    loaded = mlflow.pyfunc.load_model("models:/herd-reward@champion")
+    assert loaded.predict(frame) == pytest.approx(expected, abs=1e-5)
+
+    policy = mlflow.pyfunc.load_model("models:/herd-policy@champion")
+    answers = policy.predict(frame[["prompt"]], params={"max_new_tokens": 8})
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+
+    version = client.get_model_version_by_alias("herd-policy", "champion")
+    chain = {k.split(".")[1] for k in version.tags if k.startswith("lineage.")}
+    assert chain >= {"sft", "rejection_sample", "reward", "anneal", "extend", "pretrain", "tokenizer", "filter",
+                     "corpus"}
+    assert version.tags["lineage.corpus.sources"].startswith("builtin")
+
+
+def test_killed_stage_leaves_output_and_lock_untouched_and_resumes_exactly(pipeline_project):
+    from safetensors.torch import load_file
+
+    project, env = pipeline_project, project_env(pipeline_project)
+    out = project / "artifacts" / "pretrain"
+    before = (out / "model" / "model.safetensors").read_bytes()
+    lock_before = (project / "dvc.lock").read_text()
+    set_param(project, "pretrain.steps", 40)
+    ckpt = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
+    proc = subprocess.Popen(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the stage wrote no checkpoint before it was killed"
+    assert (out / "model" / "model.safetensors").read_bytes() == before
+    assert (project / "dvc.lock").read_text() == lock_before
+
+    subprocess.run(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    resumed = load_file(str(out / "model" / "model.safetensors"))
+    subprocess.run(["dvc", "repro", "--single-item", "--force", "pretrain"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    uninterrupted = load_file(str(out / "model" / "model.safetensors"))
+    assert resumed.keys() == uninterrupted.keys()
+    assert all((resumed[k] == uninterrupted[k]).all() for k in resumed)
