@@ -1,5 +1,7 @@
 """Herd: the modern LLM training recipe as one declarative, incremental pipeline."""
 
+__version__ = "0.1.0"
+
 from herd.env import configure_environment
 
 configure_environment()

@@ -1,28 +1,34 @@
 """The chat format and padded batches for post-training (reward, SFT, DPO).
 
 A conversation is `<|user|> question <|assistant|> response <|end|>`; losses on responses only.
+A base model has never seen that format, so it is sampled in its pretraining format
+(`Question: ...\nAnswer:`, ending at <|endoftext|>); SFT then teaches the chat format.
 """
 
 import torch
 
 from herd.lm import IGNORE
-from herd.tokens import ASSISTANT, END, PAD, USER, special_id
+from herd.tokens import ASSISTANT, END, EOT, PAD, USER, special_id
 
 
 class ChatFormat:
     def __init__(self, tok):
         self.tok = tok
         self.user, self.assistant = special_id(tok, USER), special_id(tok, ASSISTANT)
-        self.end, self.pad = special_id(tok, END), special_id(tok, PAD)
+        self.end, self.pad, self.eot = special_id(tok, END), special_id(tok, PAD), special_id(tok, EOT)
+        self.stops = (self.end, self.eot)
 
     def prompt(self, question: str) -> list[int]:
         return [self.user, *self.tok.encode(question).ids, self.assistant]
+
+    def base_prompt(self, question: str) -> list[int]:
+        return self.tok.encode(f"Question: {question}\nAnswer:").ids
 
     def response(self, text: str) -> list[int]:
         return [*self.tok.encode(text).ids, self.end]
 
     def decode(self, ids: list[int]) -> str:
-        return self.tok.decode([i for i in ids if i != self.end])
+        return self.tok.decode([i for i in ids if i not in self.stops]).strip()
 
     def batch(self, pairs: list[tuple[list[int], list[int]]], max_len: int) -> dict:
         """Right-padded input ids, labels on response tokens only, and each row's last index."""

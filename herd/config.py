@@ -166,6 +166,7 @@ class RejectionSampleConfig:
     max_new_tokens: int = 96
     temperature: float = 0.8
     top_k: int = 50
+    verifier_bonus: float = 1.0  # added to the reward of a sample whose final answer checks out
 
 
 @dataclass

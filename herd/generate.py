@@ -7,8 +7,9 @@ from herd.train import autocast, device
 
 @torch.no_grad()
 def sample(model, prompt: list[int], n: int, max_new_tokens: int, temperature: float, top_k: int,
-           stop_id: int, generator: torch.Generator | None = None, precision: str = "bf16") -> list[list[int]]:
-    """n continuations of `prompt` (temperature 0 is greedy), each cut after `stop_id`."""
+           stop_ids: tuple[int, ...], generator: torch.Generator | None = None,
+           precision: str = "bf16") -> list[list[int]]:
+    """n continuations of `prompt` (temperature 0 is greedy), each cut after its first stop token."""
     model.eval()
     dev = device()
     total = len(prompt) + max_new_tokens
@@ -16,6 +17,7 @@ def sample(model, prompt: list[int], n: int, max_new_tokens: int, temperature: f
     idx = torch.tensor([prompt] * n, device=dev)
     out = torch.zeros(n, 0, dtype=torch.long, device=dev)
     done = torch.zeros(n, dtype=torch.bool, device=dev)
+    stops = torch.tensor(stop_ids, dtype=torch.long, device=dev)
     start = 0
     with autocast(precision):
         for _ in range(max_new_tokens):
@@ -30,13 +32,13 @@ def sample(model, prompt: list[int], n: int, max_new_tokens: int, temperature: f
                     logits = logits.masked_fill(logits < kth, float("-inf"))
                 probs = logits.softmax(-1)
                 nxt = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(dev)
-            nxt = torch.where(done, torch.full_like(nxt, stop_id), nxt)
             out = torch.cat([out, nxt[:, None]], dim=1)
-            done |= nxt == stop_id
+            done |= torch.isin(nxt, stops)
             if done.all():
                 break
             idx = nxt[:, None]
     results = []
     for row in out.tolist():
-        results.append(row[: row.index(stop_id) + 1] if stop_id in row else row)
+        cut = next((i for i, t in enumerate(row) if t in stop_ids), None)
+        results.append(row if cut is None else row[: cut + 1])
     return results

@@ -173,7 +173,11 @@ class Llama(nn.Module):
     def forward(self, idx, cache=None, start=0):
         """Logits (B, T, vocab) for an LM; per-token scores (B, T) for a reward model."""
         h = self.hidden(idx, cache, start)
-        return self.lm_head(h) if self.head == "lm" else self.score(h).squeeze(-1)
+        if self.head == "lm":
+            return self.lm_head(h)
+        # Rewards rank samples that differ by little: score in fp32 even under bf16 autocast.
+        with torch.autocast(h.device.type, enabled=False):
+            return self.score(h.float()).squeeze(-1)
 
     def new_cache(self, batch: int, length: int, dtype=torch.float32):
         shape = (batch, self.cfg.n_kv_heads, length, self.cfg.head_dim)

@@ -10,13 +10,7 @@ from herd.train import autocast
 def score_responses(model, fmt, pairs: list[tuple[str, str]], seq_len: int = 512, batch_size: int = 32,
                     precision: str = "bf16") -> list[float]:
     """Reward of each (prompt, response text)."""
-    return score_ids(model, fmt, [(fmt.prompt(p), fmt.response(r)) for p, r in pairs], seq_len, batch_size, precision)
-
-
-@torch.no_grad()
-def score_ids(model, fmt, rows: list[tuple[list[int], list[int]]], seq_len: int = 512, batch_size: int = 32,
-              precision: str = "bf16") -> list[float]:
-    """Reward of each (prompt ids, response ids); a response already ending in <|end|> is kept as is."""
+    rows = [(fmt.prompt(p), fmt.response(r)) for p, r in pairs]
     model.eval()
     scores = []
     for i in range(0, len(rows), batch_size):

@@ -31,7 +31,7 @@ class HerdModel(mlflow.pyfunc.PythonModel):
         if self.kind == "reward":
             return score_responses(self.model, self.fmt, list(zip(prompts, _column(model_input, "response"))))
         max_new = int((params or {}).get("max_new_tokens", 64))
-        return [self.fmt.decode(sample(self.model, self.fmt.prompt(p), 1, max_new, 0.0, 0, self.fmt.end)[0])
+        return [self.fmt.decode(sample(self.model, self.fmt.prompt(p), 1, max_new, 0.0, 0, self.fmt.stops)[0])
                 for p in prompts]
 
 

@@ -6,6 +6,7 @@ import torch
 from herd.chat import ChatFormat
 from herd.data import read_jsonl
 from herd.errors import HerdError
+from herd.lm import IGNORE
 from herd.lm_stage import save_model
 from herd.losses import dpo_loss, sequence_logprobs
 from herd.model import load_checkpoint
@@ -40,7 +41,8 @@ def run() -> None:
         def step_loss(model, batch):
             pi_chosen, pi_rejected = sequence_logprobs(model, batch).chunk(2)
             ref_chosen, ref_rejected = batch["ref_logps"].chunk(2)
-            return dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, cfg.beta)
+            loss, metrics = dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, cfg.beta)
+            return loss, {**metrics, "tokens": int((batch["labels"] != IGNORE).sum())}
 
         st.metrics.update(train(
             st, policy, steps=cfg.steps, batch_at=batch_at, loss_fn=step_loss,

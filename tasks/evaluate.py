@@ -25,19 +25,15 @@ from herd.tokens import load_streams, load_tokenizer
 BASES, POLICIES = ("pretrain", "extend", "anneal"), ("sft", "dpo")
 
 
-def greedy(model, prompt_ids: list[int], max_new: int, stop_id: int, precision: str) -> list[int]:
-    return sample(model, prompt_ids, 1, max_new, 0.0, 0, stop_id, precision=precision)[0]
+def greedy(model, prompt_ids: list[int], max_new: int, stop_ids: tuple[int, ...], precision: str) -> list[int]:
+    return sample(model, prompt_ids, 1, max_new, 0.0, 0, stop_ids, precision=precision)[0]
 
 
-def math_exact_match(model, tok, fmt, problems, chat: bool, max_new: int, precision: str) -> float:
+def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: str) -> float:
     hits = 0
     for p in problems:
-        if chat:
-            ids = greedy(model, fmt.prompt(p["question"]), max_new, fmt.end, precision)
-            text = fmt.decode(ids)
-        else:
-            prompt = tok.encode(f"Question: {p['question']}\nAnswer:").ids
-            text = tok.decode(greedy(model, prompt, max_new, fmt.tok.token_to_id("<|endoftext|>"), precision))
+        prompt = fmt.prompt(p["question"]) if chat else fmt.base_prompt(p["question"])
+        text = fmt.decode(greedy(model, prompt, max_new, fmt.stops, precision))
         hits += final_answer(text) == p["answer"]
     return round(hits / len(problems), 4)
 
@@ -45,7 +41,7 @@ def math_exact_match(model, tok, fmt, problems, chat: bool, max_new: int, precis
 def passkey_accuracy(model, tok, docs, precision: str) -> float:
     hits = 0
     for doc in docs:
-        out = tok.decode(greedy(model, tok.encode(doc["text"]).ids, 6, -1, precision))
+        out = tok.decode(greedy(model, tok.encode(doc["text"]).ids, 6, (), precision))
         hits += doc["answer"] in out.replace(" ", "")
     return round(hits / len(docs), 4)
 
@@ -75,7 +71,7 @@ def run() -> None:
             if "long" in long_losses:
                 row[f"val_loss_long_len{long}"] = long_losses["long"]
             row["passkey_accuracy"] = passkey_accuracy(model, tok, passkeys, precision)
-            row["math_exact_match"] = math_exact_match(model, tok, fmt, problems[: cfg.math_problems],
+            row["math_exact_match"] = math_exact_match(model, fmt, problems[: cfg.math_problems],
                                                        stage in POLICIES, cfg.max_new_tokens, precision)
             table[stage] = row
 
@@ -89,7 +85,7 @@ def run() -> None:
         responses = {}
         for stage in POLICIES:
             model = load_checkpoint(st.input(stage) / "model")
-            responses[stage] = [fmt.decode(greedy(model, fmt.prompt(q), cfg.max_new_tokens, fmt.end, precision))
+            responses[stage] = [fmt.decode(greedy(model, fmt.prompt(q), cfg.max_new_tokens, fmt.stops, precision))
                                 for q in questions]
         new = score_responses(judge, fmt, list(zip(questions, responses["dpo"])), precision=precision)
         old = score_responses(judge, fmt, list(zip(questions, responses["sft"])), precision=precision)

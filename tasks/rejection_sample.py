@@ -1,5 +1,6 @@
 """rejection_sample: K samples per prompt from the annealed base, each scored by the reward model;
-the best becomes SFT data, and best vs worst a DPO pair (Llama 3's post-training loop)."""
+the best becomes SFT data, and best vs worst a DPO pair (Llama 3's post-training loop). A sample
+that runs out of tokens before it ends is kept as it is: the reward model judges it incomplete."""
 
 import torch
 from tqdm import tqdm
@@ -9,7 +10,7 @@ from herd.data import read_table, write_jsonl
 from herd.generate import sample
 from herd.model import load_checkpoint
 from herd.preferences import final_answer, math_problems
-from herd.scoring import score_ids
+from herd.scoring import score_responses
 from herd.stage import main, stage_run
 from herd.tokens import load_tokenizer
 
@@ -24,12 +25,13 @@ def run() -> None:
         g = torch.Generator().manual_seed(st.seed)
         rows, best_scores, correct_best, correct_any = [], [], 0, 0
         for problem in tqdm(problems, desc="rejection_sample", unit="prompt", mininterval=2):
-            prompt = fmt.prompt(problem["question"])
-            samples = sample(policy, prompt, cfg.k, cfg.max_new_tokens, cfg.temperature, cfg.top_k, fmt.end, g,
-                             precision)
-            scores = score_ids(judge, fmt, [(prompt, s) for s in samples], precision=precision)
+            samples = sample(policy, fmt.base_prompt(problem["question"]), cfg.k, cfg.max_new_tokens,
+                             cfg.temperature, cfg.top_k, fmt.stops, g, precision)
             texts = [fmt.decode(s) for s in samples]
             correct = [final_answer(t) == problem["answer"] for t in texts]
+            scores = score_responses(judge, fmt, [(problem["question"], t) for t in texts], precision=precision)
+            # A verifiable answer lets a checker vote with the reward model (best-of-K with a verifier).
+            scores = [s + cfg.verifier_bonus * c for s, c in zip(scores, correct)]
             order = sorted(range(cfg.k), key=lambda i: -scores[i])
             best, worst = order[0], order[-1]
             rows.append({"id": problem["id"], "prompt": problem["question"], "answer": problem["answer"],

@@ -25,7 +25,8 @@ def pair_batch(fmt: ChatFormat, pairs: list[dict], seq_len: int) -> dict:
 def bt_step(model, batch) -> tuple[torch.Tensor, dict]:
     r = rewards(model, batch)
     chosen, rejected = r.chunk(2)
-    return bradley_terry_loss(chosen, rejected), {"accuracy": (chosen > rejected).float().mean().item()}
+    metrics = {"accuracy": (chosen > rejected).float().mean().item(), "tokens": int(batch["last"].sum()) + len(r)}
+    return bradley_terry_loss(chosen, rejected), metrics
 
 
 @torch.no_grad()
