@@ -64,6 +64,9 @@ def why_stale(root: Path, stage: str) -> str | None:
         status = repo.status(targets=[stage])
     if not status:
         return None
+    lock = root / "dvc.lock"
+    if not lock.is_file() or stage not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}):
+        return "never run here"
     reasons = []
     for entry in next(iter(status.values())):
         if isinstance(entry, str):
@@ -129,8 +132,11 @@ def pipeline(root: str = ".") -> dict[str, str]:
 
 def status(root: Path) -> dict[str, str | None]:
     """What `herd run` would do, stage by stage (upstream reruns propagate, as in `dvc repro`)."""
+    import logging
+
     from dvc.repo import Repo
 
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # its per-stage "didn't change" lines
     with Repo(str(root)) as repo:
         would_run = {s.addressing for s in repo.reproduce(dry=True, force=False)}
     return {stage: ("would run" if stage in would_run else None) for stage in topological(load_dag(root))}
