@@ -77,6 +77,32 @@ class TokenizerConfig:
 
 
 @dataclass
+class RampStep:
+    """Use `value` until `until_tokens` training tokens have been seen (Llama 3.1's ramps)."""
+
+    until_tokens: int
+    value: int
+
+
+@dataclass
+class MixStep:
+    """From `from_step` on, draw domains with these weights."""
+
+    from_step: int
+    weights: dict[str, float]
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation from a frozen teacher with the same tokenizer (AFM, Gemma 2)."""
+
+    teacher: str = ""  # a checkpoint folder, e.g. a previous Herd run's artifacts/anneal/model; "" = off
+    mode: str = "top1"  # top1: AFM's weight x teacher top-1 + (1 - weight) x label; kl: Gemma 2's distribution
+    weight: float = 0.9
+    temperature: float = 1.0
+
+
+@dataclass
 class ModelConfig:
     """Llama-style decoder: grouped-query attention, RMSNorm pre-norm, SwiGLU, RoPE."""
 
@@ -89,6 +115,9 @@ class ModelConfig:
     norm_eps: float = 1e-5
     tie_embeddings: bool = True
     init_std: float = 0.02
+    n_experts: int = 0  # 0: dense SwiGLU; 8 with experts_per_token 2 is Mixtral's mixture of experts
+    experts_per_token: int = 2
+    router_aux_loss_coef: float = 0.01  # weight of the load-balancing loss
 
 
 @dataclass
@@ -99,16 +128,24 @@ class TrainConfig:
     checkpoint_every: int = 100  # steps between resumable checkpoints
     log_every: int = 10
     eval_batches: int = 8
+    nproc_per_node: int = 1  # >1 relaunches training stages under torchrun (DDP)
 
 
 @dataclass
 class PretrainConfig:
-    seq_len: int = 256
-    batch_size: int = 16
+    seq_len: int = 256  # final sequence length
+    batch_size: int = 16  # final sequences per optimizer step
+    micro_batch_size: int = 16  # sequences per forward pass; batch_size / micro = gradient accumulation
     steps: int = 400
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine, or wsd (warmup-stable-decay)
+    decay_frac: float = 0.2  # wsd: share of the steps spent decaying
+    seq_len_ramp: list[RampStep] = field(default_factory=lambda: [RampStep(300_000, 128)])
+    batch_ramp: list[RampStep] = field(default_factory=lambda: [RampStep(150_000, 8)])
+    mix_schedule: list[MixStep] = field(default_factory=list)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     weight_decay: float = 0.1
     grad_clip: float = 1.0
 
@@ -268,6 +305,29 @@ def _check_semantics(params: DictConfig, root: Path) -> None:
         fail("model.n_kv_heads", "must divide model.n_heads (grouped-query attention)")
     if params.model.dim % params.model.n_heads:
         fail("model.n_heads", "must divide model.dim")
+    pre = params.pretrain
+    if pre.schedule not in ("cosine", "wsd"):
+        fail("pretrain.schedule", f"'{pre.schedule}' is not cosine or wsd")
+    for i, step in enumerate(pre.batch_ramp):
+        if not 0 < step.value <= pre.batch_size or step.value % min(step.value, pre.micro_batch_size):
+            fail(f"pretrain.batch_ramp[{i}].value", "must be at most pretrain.batch_size and a multiple of "
+                 "pretrain.micro_batch_size (or smaller than it)")
+    for i, step in enumerate(pre.seq_len_ramp):
+        if not 0 < step.value <= pre.seq_len:
+            fail(f"pretrain.seq_len_ramp[{i}].value", "must be between 1 and pretrain.seq_len")
+    if pre.batch_size % pre.micro_batch_size:
+        fail("pretrain.batch_size", "must be a multiple of pretrain.micro_batch_size")
+    for i, step in enumerate(pre.mix_schedule):
+        for domain in step.weights:
+            if domain not in DOMAINS:
+                fail(f"pretrain.mix_schedule[{i}].weights.{domain}", "unknown domain")
+    if pre.distill.mode not in ("top1", "kl"):
+        fail("pretrain.distill.mode", f"'{pre.distill.mode}' is not top1 or kl")
+    if pre.distill.teacher and not (root / pre.distill.teacher / "config.json").is_file():
+        fail("pretrain.distill.teacher", f"no checkpoint (config.json) in {root / pre.distill.teacher}")
+    m = params.model
+    if m.n_experts and (m.n_experts < 2 or not 1 <= m.experts_per_token <= m.n_experts):
+        fail("model.n_experts", "a mixture needs at least 2 experts and at least experts_per_token of them")
     if params.anneal.average_last < 1:
         fail("anneal.average_last", "must be at least 1")
     if params.rejection_sample.k < 2:

@@ -2,7 +2,8 @@
 
 import torch
 
-from herd.train import autocast, device
+from herd.distributed import device
+from herd.train import autocast
 
 
 @torch.no_grad()

@@ -1,4 +1,6 @@
-"""Language-model data and loss: windows sampled from per-domain token streams to a mix."""
+"""Language-model data and losses: windows drawn from per-domain token streams to a (possibly
+changing) mix, with sequence-length and batch-size ramps, and the pretraining objective with
+optional knowledge distillation and the MoE load-balancing term."""
 
 import numpy as np
 import torch
@@ -7,29 +9,61 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
+def ramp(schedule, tokens_seen: int, final: int) -> int:
+    """The value of a token-budget ramp: each entry holds until `until_tokens` have been seen."""
+    for stage in schedule:
+        if tokens_seen < stage.until_tokens:
+            return stage.value
+    return final
+
+
 class WindowSampler:
-    """`sampler(step)` is a batch of random windows whose domains follow `weights`. It depends only
-    on (seed, step), which makes the data position of a resumed run exact."""
+    """`sampler(step)` is the step's micro-batches of random windows. Everything depends only on
+    (seed, step), which makes the data position of a resumed run exact.
+
+    The plan follows Llama 3.1's recipe scaled down: the sequence length and the batch size ramp
+    up after token budgets, and the domain mix can change at given steps."""
 
     def __init__(self, streams: dict[str, np.ndarray], weights: dict[str, float], seq_len: int,
-                 batch_size: int, seed: int):
-        self.domains = [d for d, w in sorted(weights.items()) if w > 0 and d in streams
-                        and len(streams[d]) > seq_len + 1]
-        if not self.domains:
-            raise ValueError(f"no token stream longer than {seq_len + 1} tokens for domains {sorted(weights)}")
-        self.streams = {d: torch.from_numpy(streams[d].astype(np.int64)) for d in self.domains}
-        self.probs = torch.tensor([weights[d] for d in self.domains], dtype=torch.float64)
-        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+                 batch_size: int, seed: int, *, steps: int, eot_id: int, micro_batch_size: int | None = None,
+                 seq_len_ramp=(), batch_ramp=(), mix_schedule=()):
+        self.streams = {d: torch.from_numpy(s.astype(np.int64)) for d, s in streams.items()}
+        self.seed, self.eot_id = seed, eot_id
+        self.micro = micro_batch_size or batch_size
+        self.mixes = [(0, dict(weights))] + [(m.from_step, dict(m.weights)) for m in mix_schedule]
+        self.plan, seen = [], 0  # (seq_len, batch_size) per step
+        for _ in range(steps):
+            shape = (ramp(seq_len_ramp, seen, seq_len), ramp(batch_ramp, seen, batch_size))
+            self.plan.append(shape)
+            seen += shape[0] * shape[1]
+        longest = max(s for s, _ in self.plan)
+        for _, mix in self.mixes:
+            usable = [d for d, w in mix.items() if w > 0 and d in self.streams and len(self.streams[d]) > longest + 1]
+            if not usable:
+                raise ValueError(f"no token stream longer than {longest + 1} tokens for domains {sorted(mix)}")
 
-    def __call__(self, step: int) -> dict:
+    def weights_at(self, step: int) -> dict[str, float]:
+        return next(mix for start, mix in reversed(self.mixes) if step >= start)
+
+    def __call__(self, step: int) -> list[dict]:
+        seq_len, batch_size = self.plan[min(step, len(self.plan) - 1)]
+        mix = self.weights_at(step)
+        domains = [d for d, w in sorted(mix.items()) if w > 0 and d in self.streams
+                   and len(self.streams[d]) > seq_len + 1]
+        probs = torch.tensor([mix[d] for d in domains], dtype=torch.float64)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
         rows = []
-        for d in torch.multinomial(self.probs, self.batch_size, replacement=True, generator=g).tolist():
-            stream = self.streams[self.domains[d]]
-            start = int(torch.randint(0, len(stream) - self.seq_len - 1, (1,), generator=g))
-            rows.append(stream[start : start + self.seq_len + 1])
+        for d in torch.multinomial(probs, batch_size, replacement=True, generator=g).tolist():
+            stream = self.streams[domains[d]]
+            start = int(torch.randint(0, len(stream) - seq_len - 1, (1,), generator=g))
+            rows.append(stream[start : start + seq_len + 1])
         window = torch.stack(rows)
-        return {"input_ids": window[:, :-1], "labels": window[:, 1:]}
+        labels = window[:, 1:].clone()
+        # Document boundaries: never predict the next document's first token from the previous one.
+        labels[window[:, :-1] == self.eot_id] = IGNORE
+        ids = window[:, :-1]
+        return [{"input_ids": ids[i : i + self.micro], "labels": labels[i : i + self.micro]}
+                for i in range(0, batch_size, self.micro)]
 
 
 def lm_loss(model, batch) -> tuple[torch.Tensor, dict]:
@@ -38,11 +72,51 @@ def lm_loss(model, batch) -> tuple[torch.Tensor, dict]:
     return loss, {"tokens": int((batch["labels"] != IGNORE).sum())}
 
 
+class PretrainLoss:
+    """Next-token loss, plus (optionally) knowledge distillation from a frozen teacher and the MoE
+    load-balancing term.
+
+    Distillation targets: `top1` is AFM's (weight x teacher's top-1 token + (1 - weight) x the true
+    token); `kl` is Gemma 2's (the teacher's whole distribution at a temperature, mixed with the
+    true token by the same weight)."""
+
+    def __init__(self, aux_coef: float = 0.0, teacher=None, mode: str = "top1", weight: float = 0.9,
+                 temperature: float = 1.0):
+        self.aux_coef, self.teacher, self.mode = aux_coef, teacher, mode
+        self.weight, self.temperature = weight, temperature
+
+    def __call__(self, model, batch) -> tuple[torch.Tensor, dict]:
+        logits = model(batch["input_ids"]).float()
+        labels = batch["labels"].flatten()
+        mask = labels != IGNORE
+        flat = logits.flatten(0, 1)
+        ce = F.cross_entropy(flat, labels, ignore_index=IGNORE)
+        metrics = {"tokens": int(mask.sum()), "ce": ce.item()}
+        loss = ce
+        if self.teacher is not None:
+            with torch.no_grad():
+                target = self.teacher(batch["input_ids"]).float().flatten(0, 1)
+            if self.mode == "top1":
+                distill = F.cross_entropy(flat[mask], target[mask].argmax(-1))
+            else:
+                t = self.temperature
+                distill = F.kl_div((flat[mask] / t).log_softmax(-1), (target[mask] / t).log_softmax(-1),
+                                   log_target=True, reduction="batchmean") * t * t
+            loss = self.weight * distill + (1 - self.weight) * ce
+            metrics["distill"] = distill.item()
+        if self.aux_coef:
+            aux = getattr(model, "module", model).aux_loss()
+            loss = loss + self.aux_coef * aux
+            metrics["moe_aux"] = aux.item()
+        return loss, metrics
+
+
 @torch.no_grad()
 def domain_losses(model, streams: dict[str, np.ndarray], seq_len: int, windows: int,
                   precision: str = "bf16") -> dict[str, float]:
     """Mean next-token loss per domain on evenly spaced held-out windows (deterministic)."""
-    from herd.train import autocast, device
+    from herd.distributed import device
+    from herd.train import autocast
 
     out = {}
     for domain, stream in sorted(streams.items()):

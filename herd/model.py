@@ -1,8 +1,9 @@
-"""A Llama-style decoder in plain torch: grouped-query attention, RMSNorm pre-norm, SwiGLU, RoPE.
+"""A Llama-style decoder in plain torch: grouped-query attention, RMSNorm pre-norm, SwiGLU, RoPE,
+and optionally a Mixtral-style mixture-of-experts feed-forward (top-k routing, load-balancing loss).
 
-Module names mirror Hugging Face's LlamaForCausalLM / LlamaForSequenceClassification, and RoPE
-uses the same rotate-half convention, so a checkpoint saved here (config.json + model.safetensors)
-loads in `transformers` unchanged and gives the same logits.
+Module names mirror Hugging Face's LlamaForCausalLM / MixtralForCausalLM /
+LlamaForSequenceClassification, and RoPE uses the same rotate-half convention, so a checkpoint
+saved here (config.json + model.safetensors) loads in `transformers` unchanged with the same logits.
 """
 
 import json
@@ -32,14 +33,18 @@ class LlamaConfig:
     max_seq_len: int = 2048
     eot_id: int = 0
     pad_id: int = 1
+    n_experts: int = 0  # 0: dense SwiGLU; otherwise a mixture of this many experts
+    experts_per_token: int = 2
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
     def to_hf(self, architecture: str) -> dict:
+        moe = {"model_type": "mixtral", "num_local_experts": self.n_experts,
+               "num_experts_per_tok": self.experts_per_token, "sliding_window": None} if self.n_experts else {}
         return {
-            "architectures": [architecture], "model_type": "llama", "vocab_size": self.vocab_size,
+            "architectures": [architecture], "model_type": "llama", **moe, "vocab_size": self.vocab_size,
             "hidden_size": self.dim, "intermediate_size": self.ffn_dim, "num_hidden_layers": self.n_layers,
             "num_attention_heads": self.n_heads, "num_key_value_heads": self.n_kv_heads,
             "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_base, "tie_word_embeddings": self.tie_embeddings,
@@ -118,17 +123,66 @@ class MLP(nn.Module):
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
+class Expert(nn.Module):
+    """One SwiGLU expert, with Mixtral's parameter names (w1 gate, w3 up, w2 down)."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+        self.w2 = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.w3 = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
+
+    def forward(self, x):
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class MoE(nn.Module):
+    """Mixtral's sparse feed-forward: a router sends each token to its top-k experts, weighted by
+    the renormalised router probabilities. `aux_loss` is the Switch-Transformer load-balancing
+    term of the last forward pass (n_experts * sum over experts of token share * mean probability)."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.k = cfg.experts_per_token
+        self.gate = nn.Linear(cfg.dim, cfg.n_experts, bias=False)
+        self.experts = nn.ModuleList(Expert(cfg) for _ in range(cfg.n_experts))
+        self.aux_loss = torch.zeros(())
+
+    def forward(self, x):
+        shape, flat = x.shape, x.reshape(-1, x.shape[-1])
+        probs = self.gate(flat).float().softmax(-1)
+        weights, chosen = probs.topk(self.k, dim=-1)
+        weights = weights / weights.sum(-1, keepdim=True)
+        out = torch.zeros_like(flat)
+        for e, expert in enumerate(self.experts):
+            rows, slot = torch.where(chosen == e)
+            if rows.numel():
+                y = expert(flat[rows]) * weights[rows, slot, None]
+                out.index_add_(0, rows, y.to(out.dtype))
+        share = F.one_hot(chosen, len(self.experts)).float().mean(0)  # (k, n_experts)
+        self.aux_loss = len(self.experts) * (share * probs.mean(0)).sum()
+        return out.view(shape)
+
+
 class Block(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.self_attn = Attention(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
-        self.mlp = MLP(cfg)
+        if cfg.n_experts:
+            self.block_sparse_moe = MoE(cfg)
+        else:
+            self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, cache=None, start=0):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        ffn = self.block_sparse_moe if self.is_moe else self.mlp
+        return x + ffn(self.post_attention_layernorm(x))
+
+    @property
+    def is_moe(self) -> bool:
+        return hasattr(self, "block_sparse_moe")
 
 
 class Backbone(nn.Module):
@@ -159,7 +213,7 @@ class Llama(nn.Module):
                 nn.init.ones_(p)
             else:
                 # GPT-2 style: residual output projections scaled down by depth for a stable start.
-                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight")) else 1
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")) else 1
                 nn.init.normal_(p, std=std * scale, generator=generator)
 
     def hidden(self, idx, cache=None, start=0):
@@ -179,6 +233,11 @@ class Llama(nn.Module):
         with torch.autocast(h.device.type, enabled=False):
             return self.score(h.float()).squeeze(-1)
 
+    def aux_loss(self) -> torch.Tensor:
+        """Sum of the MoE load-balancing terms of the last forward pass (0 for a dense model)."""
+        return sum((layer.block_sparse_moe.aux_loss for layer in self.model.layers if layer.is_moe),
+                   torch.zeros(()))
+
     def new_cache(self, batch: int, length: int, dtype=torch.float32):
         shape = (batch, self.cfg.n_kv_heads, length, self.cfg.head_dim)
         dev = self.model.embed_tokens.weight.device
@@ -192,7 +251,10 @@ class Llama(nn.Module):
 def save_checkpoint(model: Llama, folder: Path) -> None:
     """config.json + model.safetensors in the Hugging Face layout (no pickles)."""
     folder.mkdir(parents=True, exist_ok=True)
-    arch = "LlamaForCausalLM" if model.head == "lm" else "LlamaForSequenceClassification"
+    if model.head == "score":
+        arch = "LlamaForSequenceClassification"
+    else:
+        arch = "MixtralForCausalLM" if model.cfg.n_experts else "LlamaForCausalLM"
     (folder / "config.json").write_text(json.dumps(model.cfg.to_hf(arch), indent=2) + "\n")
     state = {k: v.detach().contiguous().float() for k, v in model.state_dict().items()}
     if model.head == "lm" and model.cfg.tie_embeddings:
@@ -207,7 +269,7 @@ def load_checkpoint(folder: Path, head: str | None = None, **overrides) -> Llama
         raise HerdError(f"missing checkpoint {config_path}: run the stage that produces it first")
     hf = json.loads(config_path.read_text())
     cfg = LlamaConfig(**{**hf["herd"], **overrides})
-    saved_head = "lm" if hf["architectures"][0] == "LlamaForCausalLM" else "score"
+    saved_head = "score" if hf["architectures"][0].endswith("SequenceClassification") else "lm"
     model = Llama(cfg, head or saved_head)
     state = load_file(str(folder / "model.safetensors"))
     if model.head != saved_head:

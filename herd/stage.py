@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from herd import tracking
+from herd import distributed, tracking
 from herd.atomic import recover, swap_in
-from herd.config import stage_config
+from herd.config import load_params, stage_config
 from herd.env import project_root, state_dir
 from herd.errors import HerdError
 
@@ -90,7 +90,8 @@ class StageRun:
         return path
 
     def log_step(self, metrics: dict[str, float], step: int) -> None:
-        self.logger.log(metrics, step)
+        if self.logger:  # None on the non-zero ranks of a distributed run: rank 0 tracks
+            self.logger.log(metrics, step)
 
     def lineage(self) -> dict:
         """This stage and every ancestor back to the raw corpus: stage -> {run_id, output hash, ...}."""
@@ -129,6 +130,10 @@ def stage_run(name: str, inputs: list[str] = ()):
             raise HerdError(f"stage '{name}' needs the output of '{stage}' at {path}, which is missing: "
                             f"run `dvc repro {stage}` first")
         input_dirs[stage] = path
+    distributed.init()
+    if not distributed.is_main():
+        yield from _worker_run(name, cfg, root, input_dirs)
+        return
     tmp = artifacts / f".{name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -181,6 +186,18 @@ def stage_run(name: str, inputs: list[str] = ()):
     st.out = final
 
 
+def _worker_run(name: str, cfg, root: Path, input_dirs: dict[str, Path]):
+    """A non-zero rank of a distributed run computes alongside rank 0 but writes nothing that
+    lasts: its output folder is thrown away and it opens no MLflow run."""
+    tmp = root / "artifacts" / f".{name}.rank{distributed.rank()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield StageRun(name, cfg, root, tmp, input_dirs, {s: hash_path(p) for s, p in input_dirs.items()}, "")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _hash_outputs(folder: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("metrics.json", "manifest.json")):
@@ -188,9 +205,17 @@ def _hash_outputs(folder: Path) -> str:
     return h.hexdigest()
 
 
-def main(run) -> None:
-    """CLI entry shared by every stage: errors that name their cause print without a traceback."""
+def main(run, distributed_ok: bool = False) -> None:
+    """CLI entry shared by every stage: errors that name their cause print without a traceback.
+    A stage that can train data-parallel relaunches itself under torchrun when
+    train.nproc_per_node > 1."""
     try:
+        if distributed_ok and "WORLD_SIZE" not in os.environ:
+            nproc = load_params().train.nproc_per_node
+            if nproc > 1:
+                module = sys.modules["__main__"].__spec__.name
+                sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                          f"--nproc_per_node={nproc}", "-m", module]))
         run()
     except HerdError as exc:
         print(f"error: {exc}", file=sys.stderr)

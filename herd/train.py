@@ -11,25 +11,26 @@ import math
 import shutil
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from herd import distributed
 from herd.atomic import recover, swap_in
+from herd.config import TrainConfig
 from herd.errors import HerdError
-
-
-def device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from herd.lm import IGNORE
 
 
 def autocast(precision: str):
     """bf16 autocast with fp32 master weights (on this CPU's AMX, 1.5-2.3x faster than fp32)."""
     if precision == "bf16":
-        return torch.autocast(device().type, dtype=torch.bfloat16)
+        return torch.autocast(distributed.device().type, dtype=torch.bfloat16)
     return nullcontext()
 
 
@@ -91,71 +92,158 @@ def run_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def _size(batch: dict) -> int:
+    """What a micro-batch's mean loss averages over: its target tokens, or else its rows."""
+    if "labels" in batch:
+        return int((batch["labels"] != IGNORE).sum())
+    return len(batch["input_ids"])
+
+
+def shard(batch: dict, rank: int, world: int) -> dict:
+    """This rank's rows of a batch (every tensor is split along its first dimension)."""
+    if world == 1:
+        return batch
+    return {k: v[rank::world] if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def train(
     st,
     model: torch.nn.Module,
     *,
     steps: int,
     lr_at: Callable[[int], float],
-    batch_at: Callable[[int], dict],
+    batch_at: Callable[[int], list[dict]],
     loss_fn: Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict]],
     weight_decay: float,
     grad_clip: float,
     key: str,
     eval_fn: Callable[[], dict] | None = None,
     on_step_end: Callable[[int, torch.nn.Module], None] | None = None,
+    flops_per_token: float | None = None,
 ) -> dict:
     """Train for `steps` optimizer steps, resuming from the stage's checkpoint folder.
 
-    loss_fn returns (loss, metrics) where metrics may include `tokens` (for tokens/s).
+    batch_at(step) returns the step's micro-batches (gradient accumulation: one backward each).
+    loss_fn returns (mean loss, metrics); metrics may include `tokens` (for tokens/s and MFU).
+    Under torchrun every rank takes its share of each micro-batch and DDP averages the gradients,
+    so N processes compute the same update as one.
     """
     tcfg = st.cfg.train
-    dev = device()
+    rank, world = distributed.rank(), distributed.world_size()
+    dev = distributed.device()
     model.to(dev)
     opt = make_optimizer(model, weight_decay)
     ckpt = st.checkpoint_dir() / "latest"
     start = _load_state(ckpt, model, opt, key)
-    if start:
+    if start and rank == 0:
         print(f"[{st.name}] resuming from step {start}/{steps}")
+    ddp = distributed.wrap(model)
     model.train()
+    peak = measured_peak_flops() if flops_per_token else None
     history: dict = {}
     t0, tokens = time.time(), 0
-    bar = tqdm(range(start, steps), desc=st.name, unit="step", initial=start, total=steps, mininterval=2)
+    bar = tqdm(range(start, steps), desc=st.name, unit="step", initial=start, total=steps, mininterval=2,
+               disable=rank != 0)
     for step in bar:
         lr = lr_at(step)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch_at(step).items()}
-        with autocast(tcfg.precision):
-            loss, metrics = loss_fn(model, batch)
-        if not math.isfinite(loss.item()):
-            raise HerdError(f"{st.name}: loss became {loss.item()} at step {step}; "
+        micro_batches = batch_at(step)
+        total = sum(_size(mb) for mb in micro_batches)
+        rows = sum(len(mb["input_ids"]) for mb in micro_batches)
+        loss_sum, metrics = 0.0, {}
+        for i, mb in enumerate(micro_batches):
+            mb = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in shard(mb, rank, world).items()}
+            # DDP all-reduces (averages) gradients on the last micro-batch only.
+            with distributed.no_sync(ddp, last=i == len(micro_batches) - 1), autocast(tcfg.precision):
+                loss, metrics = loss_fn(ddp, mb)
+            # Weighted so the accumulated, rank-averaged gradient is that of the whole batch's mean.
+            weight = _size(mb) * world / total
+            (loss * weight).backward()
+            loss_sum += loss.item() * weight
+            tokens += int(metrics.pop("tokens", 0)) * world
+        if not math.isfinite(loss_sum):
+            raise HerdError(f"{st.name}: loss became {loss_sum} at step {step}; "
                             f"lower {st.name}.lr or check the input data")
-        loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        tokens += int(metrics.pop("tokens", 0))
-        if step % tcfg.log_every == 0 or step == steps - 1:
-            logged = {"loss": loss.item(), "lr": lr, "grad_norm": float(grad_norm),
-                      "tokens_per_s": tokens / max(1e-9, time.time() - t0), **metrics}
+        done = step + 1
+        if step % tcfg.log_every == 0 or done == steps:
+            elapsed = max(1e-9, time.time() - t0)
+            logged = {"loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed,
+                      "batch_size": rows, "seq_len": micro_batches[0]["input_ids"].shape[1], **metrics}
+            if peak:
+                logged["mfu"] = tokens / elapsed * flops_per_token / (peak * world)
             st.log_step(logged, step)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss_sum:.3f}")
             history = logged
         if on_step_end:
             on_step_end(step, model)
-        done = step + 1
         if eval_fn and (done % (tcfg.checkpoint_every * 2) == 0 or done == steps):
             model.eval()
             st.log_step({f"val_{k}": v for k, v in eval_fn().items()}, step)
             model.train()
         if done % tcfg.checkpoint_every == 0 and done < steps:
-            _save_state(ckpt, model, opt, done, key)
+            if rank == 0:
+                _save_state(ckpt, model, opt, done, key)
+            distributed.barrier()
     model.eval()
-    return {"final_loss": history.get("loss", float("nan")),
-            "tokens_per_s": round(tokens / max(1e-9, time.time() - t0), 1)}
+    elapsed = max(1e-9, time.time() - t0)
+    result = {"final_loss": history.get("loss", float("nan")), "tokens_per_s": round(tokens / elapsed, 1)}
+    if peak:
+        result["mfu"] = round(tokens / elapsed * flops_per_token / (peak * world), 4)
+        result["peak_flops"] = peak
+    return result
+
+
+def measured_peak_flops() -> float:
+    """The device's bf16 matmul throughput, measured once (MFU's denominator)."""
+    global _PEAK
+    if _PEAK is None:
+        dev = distributed.device()
+        n = 2048 if dev.type == "cpu" else 8192
+        a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+        a @ b
+        distributed.synchronize()
+        t, reps = time.time(), 0
+        while time.time() - t < 0.5 or reps < 3:
+            a @ b
+            reps += 1
+        distributed.synchronize()
+        _PEAK = 2 * n**3 * reps / (time.time() - t)
+    return _PEAK
+
+
+_PEAK: float | None = None
+
+
+@dataclass
+class LocalRun:
+    """The part of a stage run the training loop needs, for using it outside a pipeline stage
+    (notebooks, benchmarks, tests): a name, the shared `train` params, a checkpoint folder and a
+    metrics sink that keeps what was logged."""
+
+    name: str
+    folder: Path
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logged: list = field(default_factory=list)
+
+    @property
+    def cfg(self):
+        return OmegaConf.create({"train": self.train})
+
+    def checkpoint_dir(self) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder
+
+    def log_step(self, metrics: dict, step: int) -> None:
+        self.logged.append((step, metrics))
 
 
 def finish(st) -> None:
     """Drop the resumable checkpoint once the stage's output is complete."""
-    shutil.rmtree(st.checkpoint_dir(), ignore_errors=True)
+    distributed.barrier()
+    if distributed.is_main():
+        shutil.rmtree(st.checkpoint_dir(), ignore_errors=True)

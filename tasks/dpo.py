@@ -36,7 +36,7 @@ def run() -> None:
             batch = fmt.batch([(p, c) for p, c, _ in chosen] + [(p, r) for p, _, r in chosen], cfg.seq_len)
             with torch.no_grad():
                 batch["ref_logps"] = sequence_logprobs(reference, batch)
-            return batch
+            return [batch]
 
         def step_loss(model, batch):
             pi_chosen, pi_rejected = sequence_logprobs(model, batch).chunk(2)

@@ -55,7 +55,7 @@ def run() -> None:
         def batch_at(step: int) -> dict:
             g = torch.Generator().manual_seed(st.seed * 7919 + step)
             idx = torch.randint(0, len(train_pairs), (cfg.batch_size,), generator=g).tolist()
-            return pair_batch(fmt, [train_pairs[i] for i in idx], cfg.seq_len)
+            return [pair_batch(fmt, [train_pairs[i] for i in idx], cfg.seq_len)]
 
         st.metrics.update(train(
             st, model, steps=cfg.steps, batch_at=batch_at, loss_fn=bt_step,

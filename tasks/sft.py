@@ -29,7 +29,7 @@ def run() -> None:
         def batch_at(step: int) -> dict:
             g = torch.Generator().manual_seed(st.seed * 104729 + step)
             idx = torch.randint(0, len(examples), (cfg.batch_size,), generator=g).tolist()
-            return fmt.batch([examples[i] for i in idx], cfg.seq_len)
+            return [fmt.batch([examples[i] for i in idx], cfg.seq_len)]
 
         with torch.no_grad(), autocast(st.cfg.train.precision):
             before = lm_loss(model, fmt.batch(examples[:64], cfg.seq_len))[0].item()

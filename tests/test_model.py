@@ -47,3 +47,37 @@ def test_kv_cache_matches_full_forward():
         for t in range(8, 12):
             steps.append(m(x[:, t : t + 1], cache=cache, start=t))
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
+
+
+def test_mixture_of_experts_loads_as_mixtral_with_same_logits(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(**{**CFG.__dict__, "n_experts": 4, "experts_per_token": 2})).eval()
+    m.init_weights(0.1)
+    save_checkpoint(m, tmp_path)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    assert type(hf).__name__ == "MixtralForCausalLM"
+    x = torch.randint(0, 97, (2, 16))
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, m(x), atol=1e-5)
+        assert torch.equal(load_checkpoint(tmp_path)(x), m(x))
+
+
+def test_hugging_face_tokenizer_and_model_generate(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    from herd import corpus
+    from herd.tokens import EOT, PAD, save_tokenizer, special_id, train_tokenizer
+
+    tok = train_tokenizer([d["text"] for d in corpus.python_docs_prose(50)], 300, 2, [EOT, PAD, "<|user|>",
+                                                                                     "<|assistant|>", "<|end|>"])
+    m = Llama(LlamaConfig(**{**CFG.__dict__, "vocab_size": tok.get_vocab_size(), "eot_id": special_id(tok, EOT),
+                             "pad_id": special_id(tok, PAD)}))
+    m.init_weights(0.1)
+    save_checkpoint(m, tmp_path)
+    save_tokenizer(tok, tmp_path)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tmp_path)
+    assert hf_tok("The module").input_ids == tok.encode("The module").ids
+    assert hf_tok.eos_token == EOT and hf_tok.pad_token == PAD
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
+    out = model.generate(**hf_tok("The module", return_tensors="pt"), max_new_tokens=5, do_sample=False)
+    assert out.shape[1] > len(tok.encode("The module").ids)

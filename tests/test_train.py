@@ -1,0 +1,126 @@
+"""The training loop: data plan, gradient accumulation, exact resume, distillation."""
+
+
+import numpy as np
+import pytest
+import torch
+
+from herd import corpus
+from herd.config import RampStep, TrainConfig
+from herd.lm import PretrainLoss, WindowSampler, domain_losses, lm_loss
+from herd.model import Llama, LlamaConfig
+from herd.tokens import EOT, special_id, tokenize_stream, train_tokenizer
+from herd.train import LocalRun, train
+
+
+@pytest.fixture(scope="module")
+def streams():
+    tok = train_tokenizer([d["text"] for d in corpus.math_problems(600, 0, "train")], 400, 2, [EOT])
+    eot = special_id(tok, EOT)
+    train_texts = [d["text"] for d in corpus.math_problems(600, 0, "train")]
+    val_texts = [d["text"] for d in corpus.math_problems(60, 0, "test")]
+    return {"math": tokenize_stream(tok, train_texts)}, {"math": tokenize_stream(tok, val_texts)}, eot, 400
+
+
+def tiny(vocab: int, eot: int, dim: int = 32, layers: int = 1, seed: int = 0) -> Llama:
+    m = Llama(LlamaConfig(vocab_size=vocab, dim=dim, n_layers=layers, n_heads=4, n_kv_heads=2, ffn_dim=2 * dim,
+                          eot_id=eot))
+    m.init_weights(0.02, torch.Generator().manual_seed(seed))
+    return m
+
+
+def fit(model, sampler, folder, steps, loss_fn=lm_loss, lr=3e-3, precision="fp32"):
+    ctx = LocalRun("test", folder, TrainConfig(checkpoint_every=5, log_every=5, precision=precision))
+    train(ctx, model, steps=steps, lr_at=lambda s: lr, batch_at=sampler, loss_fn=loss_fn, weight_decay=0.0,
+          grad_clip=1.0, key="k")
+    return ctx
+
+
+def test_plan_follows_ramps_and_splits_micro_batches(streams):
+    train_streams, _, eot, _ = streams
+    sampler = WindowSampler(train_streams, {"math": 1.0}, 64, 8, 0, steps=10, eot_id=eot, micro_batch_size=4,
+                            seq_len_ramp=[RampStep(32 * 4 * 2, 32)], batch_ramp=[RampStep(32 * 4, 4)])
+    # 4 rows until 128 tokens were seen, 32 tokens per row until 256, then the final 8 x 64
+    assert sampler.plan[:3] == [(32, 4), (32, 8), (64, 8)]
+    micro = sampler(2)
+    assert [tuple(mb["input_ids"].shape) for mb in micro] == [(4, 64), (4, 64)]
+    assert torch.equal(sampler(2)[0]["input_ids"], micro[0]["input_ids"])  # a pure function of the step
+    assert (micro[0]["labels"][micro[0]["input_ids"] == eot] == -100).all()  # no prediction across documents
+
+
+def test_gradient_accumulation_equals_one_big_batch(streams, tmp_path):
+    train_streams, _, eot, vocab = streams
+    runs = []
+    for micro in (8, 2):
+        model = tiny(vocab, eot)
+        sampler = WindowSampler(train_streams, {"math": 1.0}, 32, 8, 0, steps=3, eot_id=eot, micro_batch_size=micro)
+        fit(model, sampler, tmp_path / f"m{micro}", 3)
+        runs.append(model.state_dict())
+    assert all(torch.allclose(runs[0][k], runs[1][k], atol=1e-5) for k in runs[0])
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(streams, tmp_path):
+    train_streams, _, eot, vocab = streams
+    sampler = WindowSampler(train_streams, {"math": 1.0}, 32, 8, 0, steps=12, eot_id=eot)
+    whole = tiny(vocab, eot)
+    fit(whole, sampler, tmp_path / "whole", 12, precision="bf16")
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_step_7(step):
+        if step == 7:
+            raise Killed
+        return sampler(step)
+
+    interrupted = tiny(vocab, eot)
+    with pytest.raises(Killed):
+        fit(interrupted, kill_at_step_7, tmp_path / "resumed", 12, precision="bf16")
+    resumed = tiny(vocab, eot, seed=99)  # a fresh process: different initial weights, restored from step 5
+    ctx = fit(resumed, sampler, tmp_path / "resumed", 12, precision="bf16")
+    assert ctx.logged[0][0] == 5
+    assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
+
+
+def test_distillation_from_a_stronger_teacher_lowers_validation_loss(streams, tmp_path):
+    """Gemma 2's full-distribution distillation. (AFM's top-1 target needs a teacher far stronger
+    than one trainable here: measured 3.72 vs 3.44 without it, so it is checked by construction.)"""
+    train_streams, val_streams, eot, vocab = streams
+    teacher = tiny(vocab, eot, dim=96, layers=3, seed=1)
+    fit(teacher, WindowSampler(train_streams, {"math": 1.0}, 64, 16, 1, steps=250, eot_id=eot),
+        tmp_path / "teacher", 250, precision="bf16")
+    teacher.requires_grad_(False)
+    losses = {}
+    for name, loss_fn in (("plain", PretrainLoss()), ("distilled", PretrainLoss(teacher=teacher, mode="kl"))):
+        student = tiny(vocab, eot, dim=32, layers=1, seed=2)
+        sampler = WindowSampler(train_streams, {"math": 1.0}, 64, 8, 2, steps=60, eot_id=eot)
+        fit(student, sampler, tmp_path / name, 60, loss_fn=loss_fn, precision="bf16")
+        losses[name] = domain_losses(student, val_streams, 64, 16)["math"]
+    teacher_loss = domain_losses(teacher, val_streams, 64, 16)["math"]
+    assert teacher_loss < losses["plain"]
+    assert losses["distilled"] < losses["plain"], losses
+
+
+def test_moe_load_balancing_loss_is_reported_and_trains(streams, tmp_path):
+    train_streams, _, eot, vocab = streams
+    model = Llama(LlamaConfig(vocab_size=vocab, dim=32, n_layers=1, n_heads=4, n_kv_heads=2, ffn_dim=32,
+                              eot_id=eot, n_experts=4, experts_per_token=2))
+    model.init_weights(0.02, torch.Generator().manual_seed(0))
+    sampler = WindowSampler(train_streams, {"math": 1.0}, 32, 8, 0, steps=20, eot_id=eot)
+    ctx = fit(model, sampler, tmp_path, 20, loss_fn=PretrainLoss(aux_coef=0.01))
+    first, last = ctx.logged[0][1], ctx.logged[-1][1]
+    assert last["ce"] < first["ce"]
+    assert first["moe_aux"] >= 1.0 - 1e-4  # n * sum(share * prob) is 1 when balanced, more when not
+    assert np.isfinite(last["moe_aux"])
+
+
+def test_afm_top1_target_mixes_teacher_top1_and_true_label():
+    torch.manual_seed(0)
+    student, teacher = tiny(50, 0), tiny(50, 0, seed=1)
+    batch = {"input_ids": torch.randint(0, 50, (2, 8)), "labels": torch.randint(0, 50, (2, 8))}
+    loss, _ = PretrainLoss(teacher=teacher, mode="top1", weight=0.9)(student, batch)
+    logits = student(batch["input_ids"]).flatten(0, 1)
+    top1 = teacher(batch["input_ids"]).flatten(0, 1).argmax(-1)
+    expected = 0.9 * torch.nn.functional.cross_entropy(logits, top1) + 0.1 * torch.nn.functional.cross_entropy(
+        logits, batch["labels"].flatten())
+    assert torch.allclose(loss, expected, atol=1e-6)
