@@ -46,25 +46,56 @@ class CorpusConfig:
 
 @dataclass
 class FilterConfig:
-    min_words: int = 20
+    # Gopher / C4 / FineWeb heuristics (code has its own rules, math lower letter/digit thresholds)
+    min_words: int = 5  # low: Wikipedia stubs are clean prose; web pages also face the quality model
     max_words: int = 100000
     min_mean_word_len: float = 2.5
     max_mean_word_len: float = 12.0
-    max_symbol_ratio: float = 0.1  # "#" and "..." per word (Gopher)
-    min_stopwords: int = 2  # Gopher: at least two English stop words
-    min_alpha_word_frac: float = 0.7  # words with at least one letter
+    max_symbol_ratio: float = 0.1  # "#", "..." and "$" per word
+    max_digit_frac: float = 0.15  # digits per character (not for math)
+    min_stopwords: int = 1  # English stop words a text must have (Gopher: 2, too strict for stubs)
+    min_alpha_word_frac: float = 0.6  # words with at least one letter
     math_min_alpha_word_frac: float = 0.4  # worked solutions are full of numbers and operators
     max_duplicate_line_frac: float = 0.3
+    max_duplicate_paragraph_frac: float = 0.3
     max_bullet_line_frac: float = 0.9
-    max_nonascii_frac: float = 0.2  # mojibake and binary junk
+    max_ellipsis_line_frac: float = 0.3
+    max_nonascii_frac: float = 0.2  # mojibake and binary junk that could not be repaired
+    repetition_min_words: int = 100  # the n-gram repetition rules apply from this length on
+    max_top_ngram_frac: dict[int, float] = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
+    max_duplicate_ngram_frac: dict[int, float] = field(default_factory=lambda: {5: 0.15, 7: 0.13, 10: 0.10})
     code_max_line_len: int = 1000
     code_min_lines: int = 5
-    decontam_ngram: int = 13  # AFM / GPT-3 style n-gram overlap with eval sets
+    # model-based quality filter (reference text vs raw web) and domain labels
+    quality_threshold: float = 0.2  # keep a document of a quality_domains domain if P(reference) >= this
+    quality_domains: list[str] = field(default_factory=lambda: ["web"])
+    reference_domains: list[str] = field(default_factory=lambda: ["prose"])
+    classifier_docs: int = 3000  # training documents per class, at most
+    classifier_epochs: int = 4
+    # near-duplicates: MinHash over word n-grams, LSH with bands x rows hashes
+    minhash_ngram: int = 5
+    minhash_bands: int = 32
+    minhash_rows: int = 4
+    minhash_threshold: float = 0.65  # estimated Jaccard at which a later document is a duplicate
+    minhash_min_words: int = 25  # shorter texts get exact dedup only
+    near_dedup_domains: list[str] = field(default_factory=lambda: ["web", "prose", "long"])
+    # decontamination against every eval set (AFM / GPT-3 style n-gram overlap)
+    decontam_ngram: int = 13
+    decontam_mode: str = "cut"  # cut the contaminated lines, or drop the whole document
     decontam_files: list[str] = field(default_factory=list)  # extra benchmark jsonl(.gz) files
+    # measurements reported in metrics.json (e.g. ../shared/data/web/...): human quality labels
+    # ({"text", "label"}) and pages with gold article bodies ({"text", "article_body"})
+    quality_eval_files: list[str] = field(default_factory=list)
+    boilerplate_eval_files: list[str] = field(default_factory=list)
+    # mixing to target domain weights
     weights: dict[str, float] = field(
         default_factory=lambda: {"web": 0.05, "prose": 0.3, "code": 0.25, "math": 0.3, "long": 0.1}
     )
+    max_repeats: int = 1  # how often a document may enter the mix (1: no repeats)
     validation_frac: float = 0.05
+    # execution
+    workers: int = 2  # processes scoring shards in parallel
+    shard_size: int = 1000  # documents per shard (bounds memory per worker)
 
 
 @dataclass
@@ -287,9 +318,10 @@ def _check_semantics(params: DictConfig, root: Path) -> None:
         looks_local = src.path.startswith((".", "/")) or src.path.endswith((".json", ".jsonl", ".gz", ".parquet"))
         if looks_local and not local.exists():
             fail(f"{key}.path", f"input file {local} does not exist")
-    for i, path in enumerate(params.filter.decontam_files):
-        if not (root / path).exists():
-            fail(f"filter.decontam_files[{i}]", f"input file {root / path} does not exist")
+    for key in ("decontam_files", "quality_eval_files", "boilerplate_eval_files"):
+        for i, path in enumerate(params.filter[key]):
+            if not (root / path).exists():
+                fail(f"filter.{key}[{i}]", f"input file {root / path} does not exist")
     for section in ("filter.weights", "anneal.mix"):
         weights = OmegaConf.select(params, section)
         for domain, weight in weights.items():
@@ -299,6 +331,14 @@ def _check_semantics(params: DictConfig, root: Path) -> None:
                 fail(f"{section}.{domain}", "weights must be non-negative")
         if sum(weights.values()) <= 0:
             fail(section, "weights must not all be zero")
+    if params.filter.decontam_mode not in ("cut", "drop"):
+        fail("filter.decontam_mode", f"'{params.filter.decontam_mode}' is not cut or drop")
+    for key in ("quality_domains", "reference_domains", "near_dedup_domains"):
+        for domain in params.filter[key]:
+            if domain not in DOMAINS:
+                fail(f"filter.{key}", f"unknown domain '{domain}'")
+    if params.filter.workers < 1 or params.filter.shard_size < 1:
+        fail("filter.workers", "workers and shard_size must be at least 1")
     if params.train.precision not in ("bf16", "fp32"):
         fail("train.precision", f"'{params.train.precision}' is not bf16 or fp32")
     if params.model.n_heads % params.model.n_kv_heads:

@@ -185,7 +185,8 @@ def web_pages(n: int, seed: int, prose: list[dict]) -> list[dict]:
     """Low-quality pages of every kind the filter must catch, plus pages wrapping real prose in
     navigation boilerplate (whose body should survive once the boilerplate lines are stripped)."""
     rng = random.Random(f"web:{seed}")
-    kinds = ["wrapped", "spam", "lorem", "mojibake", "symbols", "repeated", "duplicate", "boilerplate"]
+    kinds = ["wrapped", "spam", "lorem", "mojibake", "symbols", "repeated", "duplicate", "boilerplate", "edited",
+             "header"]
     docs = []
     for i in range(n):
         kind = kinds[i % len(kinds)]
@@ -196,8 +197,10 @@ def web_pages(n: int, seed: int, prose: list[dict]) -> list[dict]:
             text = "\n".join(rng.choice(SPAM) for _ in range(rng.randint(8, 30)))
         elif kind == "lorem":
             text = "Lorem ipsum dolor sit amet, " + " ".join(rng.choice(LOREM) for _ in range(rng.randint(60, 300)))
-        elif kind == "mojibake":
-            text = src.replace("e", "é").replace("a", "à").encode("utf-8").decode("latin-1")
+        elif kind == "mojibake":  # UTF-8 read as Latin-1 (repairable) or as CP1252 with bytes lost (not)
+            text = "\u201c" + src.replace("'", "\u2019").replace(" - ", " \u2014 ") + "\u201d"
+            codec = "latin-1" if (i // len(kinds)) % 2 else "cp1252"
+            text = text.encode("utf-8").decode(codec, errors="replace")
         elif kind == "symbols":
             text = " ".join(rng.choice(["###", "$$$", "@@", "...", "|", "%%"]) + w for w in src.split())
         elif kind == "repeated":
@@ -205,6 +208,14 @@ def web_pages(n: int, seed: int, prose: list[dict]) -> list[dict]:
             text = "\n".join([line] * rng.randint(6, 20))
         elif kind == "duplicate":
             text = src  # an exact copy of a documentation page
+        elif kind == "edited":  # a near-duplicate: about 3% of the words replaced
+            words = src.split()
+            for j in rng.sample(range(len(words)), max(1, len(words) * 3 // 100)):
+                words[j] = rng.choice(["very", "quite", "also", "often", "really", "simply"])
+            text = " ".join(words)
+        elif kind == "header":  # a near-duplicate: a byline and a footer around a copied page
+            text = (f"Posted by {rng.choice(NAMES)} on {rng.randint(1, 28)} March 20{rng.randint(10, 24)}.\n{src}\n"
+                    f"This article was shared {rng.randint(2, 900)} times by our readers.")
         else:
             text = "\n".join(rng.choice(NAV) for _ in range(rng.randint(5, 15)))
         docs.append({"id": f"web/{i}", "text": text, "domain": "web", "source": f"generated-web-{kind}",

@@ -63,9 +63,12 @@ def write_table(rows: Iterable[dict], path: Path) -> int:
 
 
 def read_table(path: Path) -> list[dict]:
+    """Rows of a parquet file, or of every parquet shard in a folder (columns may differ by shard)."""
     if not path.exists():
         raise HerdError(f"missing input {path}: run the upstream stage first (dvc repro)")
-    return pq.read_table(path).to_pylist()
+    if path.is_file():
+        return pq.read_table(path).to_pylist()
+    return [row for shard in sorted(path.glob("*.parquet")) for row in pq.read_table(shard).to_pylist()]
 
 
 def write_jsonl(rows: Iterable[dict], path: Path) -> int:

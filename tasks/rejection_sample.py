@@ -21,7 +21,7 @@ def run() -> None:
         policy = load_checkpoint(st.input("anneal") / "model")
         judge = load_checkpoint(st.input("reward") / "model")
         fmt = ChatFormat(load_tokenizer(st.input("anneal") / "model"))
-        problems = math_problems(read_table(st.input("filter") / "train.parquet"))[: cfg.prompts]
+        problems = math_problems(read_table(st.input("filter") / "train"))[: cfg.prompts]
         g = torch.Generator().manual_seed(st.seed)
         rows, best_scores, correct_best, correct_any = [], [], 0, 0
         for problem in tqdm(problems, desc="rejection_sample", unit="prompt", mininterval=2):

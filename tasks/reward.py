@@ -44,7 +44,7 @@ def run() -> None:
         cfg = st.cfg.reward
         base = st.input("anneal") / "model"
         fmt = ChatFormat(load_tokenizer(base))
-        problems = math_problems(read_table(st.input("filter") / "train.parquet"))
+        problems = math_problems(read_table(st.input("filter") / "train"))
         if len(problems) < 10:
             raise HerdError(f"reward needs math problems with questions in the filtered corpus; found {len(problems)}")
         pairs = preference_pairs(problems, cfg.pairs, st.seed)

@@ -10,7 +10,7 @@ from herd.tokens import save_tokenizer, tokenize_stream, train_tokenizer
 def run() -> None:
     with stage_run("tokenizer", inputs=["filter"]) as st:
         cfg = st.cfg.tokenizer
-        splits = {s: read_table(st.input("filter") / f"{s}.parquet") for s in ("train", "validation")}
+        splits = {s: read_table(st.input("filter") / s) for s in ("train", "validation")}
         tok = train_tokenizer((d["text"] for d in splits["train"]), cfg.vocab_size, cfg.min_frequency,
                               list(cfg.special_tokens))
         save_tokenizer(tok, st.out)

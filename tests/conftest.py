@@ -31,7 +31,8 @@ def make_project(folder: Path, overrides: dict | None = None) -> Path:
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = project_env(folder)
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=folder, env=env, check=True)
-    shutil.copy(REPO / ".dvc" / "config", folder / ".dvc" / "config")  # analytics and update checks off
+    for option in ("core.analytics", "core.check_update"):  # offline, as the repository's .dvc/config
+        subprocess.run(["dvc", "config", option, "false"], cwd=folder, env=env, check=True)
     return folder
 
 

@@ -1,67 +1,201 @@
-"""What the corpus filter keeps and drops, and why."""
+"""What the corpus filter keeps and drops, and why: generated junk, real prose and code, real web
+pages with human labels and gold bodies (../shared/data, skipped when absent)."""
+
+import gzip
+import json
+from collections import Counter
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+from omegaconf import OmegaConf
 
 from herd import corpus, filters
-from herd.config import FilterConfig
-from tasks.filter import filter_documents
+from herd.config import CorpusConfig, FilterConfig
+from herd.data import read_table
+from tasks.filter import (FilterRun, Scorer, boilerplate_report, eval_ngrams, quality_report, read_documents,
+                          train_classifiers)
+from tests.conftest import REPO, SHARED_DATA
 
-CFG = FilterConfig()
-
-
-def run_filter(docs, grams=frozenset()):
-    kept, rejects, _ = filter_documents(docs, CFG, set(grams))
-    return kept, {r["id"]: r["reject_reason"] for r in rejects}
+CFG = OmegaConf.structured(FilterConfig(workers=1, shard_size=200))
 
 
-def test_real_prose_and_code_pass():
-    prose = corpus.python_docs_prose(200)
-    code = corpus.stdlib_code(60)
-    kept, rejects = run_filter(prose + code)
+def shared(path: str):
+    full = SHARED_DATA / path
+    if not full.exists():
+        pytest.skip(f"{full} is not available")
+    return full
+
+
+@pytest.fixture(scope="module")
+def classifiers():
+    small = CorpusConfig(code_files=80, prose_docs=400, math_problems=300, passkey_docs=10, web_pages=400)
+    quality, domains, _ = train_classifiers(corpus.builtin_corpus(small, 0), CFG, 0)
+    return quality, domains
+
+
+def test_domain_classifier_labels_unseen_documents(classifiers):
+    _, domains = classifiers
+    unseen = {"code": corpus.stdlib_code(300)[200:], "math": corpus.math_problems(100, 5, "test"),
+              "prose": corpus.python_docs_prose(1400)[1300:]}
+    for domain, docs in unseen.items():
+        hits = sum(domains.classes[domains.predict_proba(d["text"]).argmax()] == domain for d in docs)
+        assert hits >= 0.9 * len(docs), (domain, hits, len(docs))
+
+
+def run_filter(docs, classifiers, tmp_path, grams=frozenset(), cfg=CFG):
+    """Kept documents and {id: reason} of the rejected ones."""
+    filt = FilterRun(cfg, tmp_path)
+    filt.run(docs, (OmegaConf.to_container(cfg), set(grams), *classifiers))
+    kept = read_table(tmp_path / "kept")
+    rejects = {r["id"]: r["reject_reason"] for r in read_table(tmp_path / "rejects")}
+    return kept, rejects, filt
+
+
+def test_stdlib_code_passes_and_builtin_prose_mostly(classifiers, tmp_path):
+    prose, code = corpus.python_docs_prose(300), corpus.stdlib_code(150)
+    kept, rejects, _ = run_filter(prose + code, classifiers, tmp_path)
     kept_ids = {d["id"] for d in kept}
-    assert sum(d["id"] in kept_ids for d in code) == len(code)
-    assert sum(d["id"] in kept_ids for d in prose) >= 0.95 * len(prose)
+    assert sum(d["id"] in kept_ids for d in code) >= 0.98 * len(code), sorted(rejects.items())[:5]
+    # Python's reference docs repeat whole passages across topics (near-duplicates) and phrases
+    # enough to trip Gopher's web-tuned repetition rules now and then: measured 86%
+    assert sum(d["id"] in kept_ids for d in prose) >= 0.8 * len(prose)
 
 
-def test_generated_junk_is_dropped_with_a_reason():
-    prose = corpus.python_docs_prose(200)
-    pages = corpus.web_pages(400, seed=1, prose=prose)
-    _, rejects = run_filter(prose + pages)
-    for kind in ("spam", "lorem", "mojibake", "symbols", "repeated", "duplicate", "boilerplate", "wrapped"):
+def test_wikipedia_prose_passes(classifiers, tmp_path):
+    rows = []
+    with gzip.open(shared("prose/enwiki_2018_wikiextractor.jsonl.gz"), "rt") as f:
+        for line in f:
+            rows.append({**json.loads(line), "domain": "prose"})
+            if len(rows) == 3000:
+                break
+    # 1-4 word pages are extraction remnants ("X may refer to:" with the list stripped), not prose.
+    articles = [r for r in rows if len(r["text"].split()) >= 5]
+    scorer = Scorer(OmegaConf.to_container(CFG), set(), *classifiers)
+    assert sum(scorer(r)["reject_reason"] is None for r in articles) >= 0.98 * len(articles)
+    # Deduplication then also removes templated stubs ("X (born ...) is a Swiss skier. She competed
+    # in two events at the 1980 Winter Olympics.") as the near-duplicates they are.
+    kept, _, _ = run_filter(rows, classifiers, tmp_path)
+    assert len(kept) >= 0.9 * len(rows)
+
+
+def test_every_kind_of_junk_is_dropped(classifiers, tmp_path):
+    prose = corpus.python_docs_prose(300)
+    pages = corpus.web_pages(600, seed=1, prose=prose)
+    _, rejects, _ = run_filter(prose + pages, classifiers, tmp_path)
+    for kind in ("spam", "lorem", "mojibake", "symbols", "repeated", "duplicate", "boilerplate", "wrapped",
+                 "edited", "header"):
         ids = [p["id"] for p in pages if p["source"] == f"generated-web-{kind}"]
         dropped = sum(i in rejects for i in ids)
         assert dropped >= 0.95 * len(ids), (kind, dropped, len(ids))
-    assert {rejects[p["id"]] for p in pages if p["source"] == "generated-web-duplicate"} == {"exact_duplicate"}
+    # Copies are caught by dedup unless a rule already rejected them (as it rejected their original).
+    reasons = {kind: Counter(rejects[p["id"]] for p in pages if p["source"] == f"generated-web-{kind}"
+                             and p["id"] in rejects).most_common(1)[0][0] for kind in ("duplicate", "edited")}
+    assert reasons == {"duplicate": "exact_duplicate", "edited": "near_duplicate"}
 
 
-def test_boilerplate_lines_are_stripped():
-    text = "Home | About | Contact\nWe use cookies to improve your experience.\nReal body text here."
-    assert filters.normalise(text) == "Real body text here."
+def test_near_duplicates_point_at_their_first_occurrence(classifiers, tmp_path):
+    original = corpus.python_docs_prose(1)[0]
+    words = original["text"].split()
+    edited = " ".join(w if i % 40 else "changed" for i, w in enumerate(words))  # 2.5% of the words
+    docs = [original, {"id": "copy", "domain": "prose", "text": edited}]
+    _, _, filt = run_filter(docs, classifiers, tmp_path)
+    row = pq.read_table(tmp_path / "rejects" / "part-00000.parquet").to_pylist()[0]
+    assert row["reject_reason"] == "near_duplicate" and row["duplicate_of"] == original["id"]
+    assert filt.metrics()["near_dup_rate"] == 0.5
 
 
-def test_math_with_numbers_passes_math_rules():
-    docs = corpus.math_problems(50, seed=3, split="train")
-    kept, rejects = run_filter(docs)
-    assert len(kept) == 50, rejects
+def test_gsm8k_test_questions_are_cut_or_dropped_every_time(classifiers, tmp_path):
+    path = shared("gsm8k/test.jsonl.gz")
+    questions = [json.loads(line)["question"] for line in gzip.open(path, "rt")][:300]
+    filler = corpus.python_docs_prose(300)
+    docs = [{"id": f"leak{i}", "domain": "prose", "text": f"{filler[i]['text']}\n{q}\nThat was a question."}
+            for i, q in enumerate(questions)]
+    kept, rejects, filt = run_filter(docs, classifiers, tmp_path, eval_ngrams([path], 13))
+    assert kept and len(kept) + len(rejects) == len(docs)
+    for doc in kept:
+        question = questions[int(doc["id"][4:])]
+        assert question not in doc["text"] and doc["contaminated_lines_cut"] > 0
+    assert filt.metrics()["decontam_cut_documents"] == len(kept)
+    from herd.errors import HerdError
+
+    with pytest.raises(HerdError, match="the rule that removed most was 'contaminated'"):
+        run_filter(docs, classifiers, tmp_path / "drop", eval_ngrams([path], 13),
+                   cfg=OmegaConf.merge(CFG, {"decontam_mode": "drop"}))
 
 
-def test_contaminated_documents_are_dropped():
-    test = corpus.math_problems(5, seed=9, split="test")
-    grams = set().union(*(filters.ngrams(p["question"], 13) for p in test))
-    leaked = {"id": "leak", "domain": "prose",
-              "text": "Here is a question from the test set that leaked into the web. " + test[0]["question"]}
-    clean = corpus.python_docs_prose(3)
-    _, rejects = run_filter([leaked, *clean], grams)
-    assert rejects == {"leak": "contaminated"}
+def test_math_problems_pass_math_rules(classifiers, tmp_path):
+    kept, rejects, _ = run_filter(corpus.math_problems(200, seed=3, split="train"), classifiers, tmp_path)
+    assert len(kept) == 200, rejects
 
 
-def test_malformed_records_are_counted_not_fatal():
-    docs = [{"id": "a", "domain": "web", "text": None}, {"id": "b", "domain": "web", "text": "   "},
-            {"id": "c", "domain": "web"}]
-    kept, rejects = run_filter(docs)
-    assert kept == [] and rejects == {"a": "missing_text", "b": "empty_after_boilerplate", "c": "missing_text"}
+def test_malformed_records_are_counted_not_fatal(classifiers, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"id": "a", "text": "fine text that is long enough to keep, with the words."}\n'
+                      '{"id": "b", "body": "wrong field"}\n{not json\n[1, 2]\n{"id": "e", "text": "   "}\n')
+    _, rejects, _ = run_filter(list(read_documents(source)), classifiers, tmp_path / "out",
+                               cfg=OmegaConf.merge(CFG, {"quality_domains": []}))
+    assert "a" not in rejects
+    assert rejects["b"] == "missing_text" and rejects["in.jsonl:3"] == "unreadable_record"
+    assert rejects["in.jsonl:4"] == "unreadable_record" and rejects["e"] == "empty_after_normalisation"
 
 
-def test_mix_follows_weights_without_repeats():
-    docs = [{"id": f"{d}{i}", "domain": d, "text": "x" * 100} for d in ("math", "code") for i in range(100)]
-    mixed, shares = filters.mix(docs, {"math": 0.25, "code": 0.75}, seed=0)
-    assert abs(shares["math"] - 0.25) < 0.02
-    assert len({d["id"] for d in mixed}) == len(mixed)
+def test_empty_result_names_the_rule(classifiers, tmp_path):
+    from herd.errors import HerdError
+
+    docs = [{"id": str(i), "domain": "prose", "text": f"Page {i} of the site is lorem ipsum dolor sit amet."}
+            for i in range(5)]
+    with pytest.raises(HerdError, match="removed every document; the rule that removed most was 'placeholder_text'"):
+        run_filter(docs, classifiers, tmp_path)
+
+
+def test_parallel_workers_give_the_same_result(classifiers, tmp_path):
+    prose = corpus.python_docs_prose(150)
+    docs = prose + corpus.web_pages(200, seed=2, prose=prose)
+    serial = run_filter(docs, classifiers, tmp_path / "serial")
+    cfg = OmegaConf.merge(CFG, {"workers": 2, "shard_size": 50})
+    parallel = run_filter(docs, classifiers, tmp_path / "parallel", cfg=cfg)
+    assert [d["id"] for d in serial[0]] == [d["id"] for d in parallel[0]]
+    assert serial[1] == parallel[1]
+
+
+def test_mix_follows_weights_with_and_without_repeats():
+    docs = [{"id": f"{d}{i}", "domain": d, "chars": 100} for d in ("math", "code") for i in range(100)]
+    chosen, shares = filters.mix(docs, {"math": 0.25, "code": 0.75}, seed=0)
+    assert abs(shares["math"] - 0.25) < 0.02 and max(n for _, n in chosen) == 1
+    chosen, shares = filters.mix(docs, {"math": 0.5, "code": 0.5}, seed=0, max_repeats=3)
+    assert abs(shares["math"] - 0.5) < 0.02 and sum(n for _, n in chosen) > 200  # both domains upsampled
+
+
+def test_human_quality_labels_and_gold_bodies(classifiers):
+    """Measured, not asserted against a target: the numbers go to the stage's metrics too."""
+    dclm = shared("web/dclm_human_quality/majority_data.jsonl.gz")
+    report = quality_report([dclm], Scorer(OmegaConf.to_container(CFG), set(), *classifiers))
+    print(report)
+    assert 0 <= report["labelled_keep_precision"] <= 1
+    pages = shared("web/article_extraction_benchmark/aeb_pages.jsonl.gz")
+    bodies = boilerplate_report([pages])
+    print(bodies)
+    assert bodies["boilerplate_precision"] > bodies["boilerplate_precision_raw_page"]  # stripping helps
+    assert bodies["boilerplate_recall"] > 0.5
+
+
+def test_standalone_cli(tmp_path):
+    source = tmp_path / "docs.jsonl"
+    prose = corpus.python_docs_prose(20)
+    source.write_text("".join(json.dumps({"id": d["id"], "url": "u", "text": d["text"]}) + "\n"
+                              for d in prose + prose[:3]) + "{broken\n")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "tasks.filter", "--input", str(source), "--output", str(out),
+                           "--domain", "prose", "--set", "classifier_docs=300"], cwd=REPO, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rejects = read_table(out / "rejects")
+    assert sorted(r["reject_reason"] for r in rejects) == ["exact_duplicate"] * 3 + ["unreadable_record"]
+    assert all(r["url"] == "u" for r in rejects if r["reject_reason"] == "exact_duplicate")
+    assert len(read_table(out / "kept")) == 20
+    assert json.loads((out / "metrics.json").read_text())["kept"] == 20
+    again = subprocess.run([sys.executable, "-m", "tasks.filter", "--input", str(source), "--output", str(out)],
+                           cwd=REPO, capture_output=True, text=True)
+    assert again.returncode == 2 and "is not empty" in again.stderr and "Traceback" not in again.stderr

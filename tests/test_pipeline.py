@@ -54,7 +54,7 @@ def test_param_changes_rerun_exactly_their_descendants(pipeline_project):
     ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
     assert ran == ["anneal", "reward", "rejection_sample", "sft", "dpo", "evaluate"]
 
-    set_param(pipeline_project, "filter.min_words", 15)
+    set_param(pipeline_project, "filter.min_words", 6)
     ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
     assert ran == ALL[1:]  # everything downstream of the raw corpus
 

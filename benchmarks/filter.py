@@ -1,0 +1,112 @@
+"""Corpus filtering: Herd's filter vs datatrove's Gopher, C4 and FineWeb filters and MinHash, side
+by side on the same documents in one process, one core each.
+
+Herd: normalisation, every heuristic, the quality and domain classifiers, decontamination and
+MinHash near-dedup with LSH. datatrove: GopherRepetitionFilter + GopherQualityFilter +
+C4QualityFilter + FineWebQualityFilter chained, plus MinhashDedupSignature's shingles and
+signature (its bucket and cluster stages run as separate jobs on disk and are not timed, which
+favours datatrove). Quality is compared on the same documents: the drop rate of each kind of
+generated junk, the keep rate of clean prose and code, and keep precision/recall against the DCLM
+human labels when ../shared/data is present. The last line printed is one JSON object.
+
+    pip install -e ".[bench]"; python benchmarks/filter.py
+"""
+
+import gzip
+import json
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from herd import corpus
+from herd.config import CorpusConfig, load_params
+from tasks.filter import FilterRun, train_classifiers
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def documents() -> list[dict]:
+    """Generated junk of every kind, clean prose and code, and real web pages with labels."""
+    prose = corpus.python_docs_prose(800)
+    docs = [{**d, "kind": "clean-prose"} for d in prose]
+    docs += [{**d, "kind": "clean-code"} for d in corpus.stdlib_code(200)]
+    docs += [{**d, "kind": d["source"].removeprefix("generated-web-")} for d in corpus.web_pages(1500, 7, prose)]
+    dclm = SHARED / "web" / "dclm_human_quality" / "majority_data.jsonl.gz"
+    if dclm.exists():
+        for i, line in enumerate(gzip.open(dclm, "rt")):
+            row = json.loads(line)
+            docs.append({"id": f"dclm/{i}", "text": row["text"], "domain": "web", "kind": f"dclm-{row['label']}"})
+    return docs
+
+
+def herd_decisions(docs: list[dict], cfg, classifiers) -> tuple[dict[str, bool], float]:
+    cfg = OmegaConf.merge(cfg, {"workers": 1})
+    with tempfile.TemporaryDirectory() as tmp:
+        run = FilterRun(cfg, Path(tmp))
+        start = time.perf_counter()
+        run.run(docs, (OmegaConf.to_container(cfg), set(), *classifiers))
+        elapsed = time.perf_counter() - start
+        kept = {m["id"] for m in run.kept_meta}
+    return {d["id"]: d["id"] in kept for d in docs}, elapsed
+
+
+def datatrove_decisions(docs: list[dict]) -> tuple[dict[str, bool], float]:
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupSignature
+    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
+                                            GopherRepetitionFilter)
+
+    filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False),
+               FineWebQualityFilter()]
+    with tempfile.TemporaryDirectory() as tmp:
+        minhash = MinhashDedupSignature(tmp, MinhashConfig(n_grams=5, num_buckets=32, hashes_per_bucket=4))
+        decisions = {}
+        start = time.perf_counter()
+        for d in docs:
+            doc = Document(text=d["text"], id=d["id"])
+            keep = True
+            for f in filters:
+                result = f.filter(doc)
+                if not (result[0] if isinstance(result, tuple) else result):
+                    keep = False
+                    break
+            if keep:
+                minhash.get_signature(minhash.get_shingles(doc.text))
+            decisions[d["id"]] = keep
+        elapsed = time.perf_counter() - start
+    return decisions, elapsed
+
+
+def quality(docs: list[dict], decisions: dict[str, bool]) -> dict:
+    by_kind = Counter(d["kind"] for d in docs)
+    kept = Counter(d["kind"] for d in docs if decisions[d["id"]])
+    out = {f"keep_rate_{k}": round(kept[k] / n, 3) for k, n in sorted(by_kind.items())}
+    if by_kind["dclm-1"]:
+        tp, fp = kept["dclm-1"], kept["dclm-0"]
+        out["dclm_keep_precision"] = round(tp / max(1, tp + fp), 3)
+        out["dclm_keep_recall"] = round(tp / by_kind["dclm-1"], 3)
+    return out
+
+
+def main() -> None:
+    params = load_params(ROOT / "params.yaml")
+    cfg = params.filter
+    small = CorpusConfig(code_files=150, prose_docs=600, math_problems=500, passkey_docs=20, web_pages=800)
+    classifiers = train_classifiers(corpus.builtin_corpus(small, 1), cfg, 1)[:2]
+    docs = documents()
+    herd, herd_s = herd_decisions(docs, cfg, classifiers)
+    print(f"herd:      {len(docs) / herd_s:8.0f} docs/s/core", flush=True)
+    peer, peer_s = datatrove_decisions(docs)
+    print(f"datatrove: {len(docs) / peer_s:8.0f} docs/s/core", flush=True)
+    result = {"benchmark": "filter", "documents": len(docs), "herd_docs_per_s_per_core": round(len(docs) / herd_s, 1),
+              "datatrove_docs_per_s_per_core": round(len(docs) / peer_s, 1), "ratio": round(peer_s / herd_s, 3),
+              "herd_quality": quality(docs, herd), "datatrove_quality": quality(docs, peer)}
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
