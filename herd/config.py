@@ -92,6 +92,7 @@ class FilterConfig:
         default_factory=lambda: {"web": 0.05, "prose": 0.3, "code": 0.25, "math": 0.3, "long": 0.1}
     )
     max_repeats: int = 1  # how often a document may enter the mix (1: no repeats)
+    starved_ratio: float = 0.1  # a domain this much scarcer than the best supplied one gives all it has
     validation_frac: float = 0.05
     # execution
     workers: int = 2  # processes scoring shards in parallel

@@ -158,12 +158,16 @@ def passkey_docs(n: int, words: int, seed: int, split: str) -> list[dict]:
     Training documents end with the answer; test documents end at the question."""
     rng = random.Random(f"passkey:{split}:{seed}")
     paragraphs = [p for _, p in _doc_paragraphs()]
+    # Consecutive documents take consecutive stretches (train from the front, test from the back),
+    # so they do not overlap each other as near-duplicates would.
+    cursor = 0 if split == "train" else len(paragraphs) // 2
     docs = []
     for i in range(n):
         key = str(rng.randint(10000, 99999))
-        body, start = [], rng.randrange(len(paragraphs))
+        body = []
         while sum(len(p.split()) for p in body) < words:
-            body.append(paragraphs[(start + len(body)) % len(paragraphs)])
+            body.append(paragraphs[cursor % len(paragraphs)])
+            cursor += 1
         body.insert(rng.randint(0, len(body)), f"The pass key is {key}. Remember it. {key} is the pass key.")
         prompt = "\n\n".join(body) + "\n\n" + PASSKEY_QUESTION
         text = f"{prompt} {key}." if split == "train" else prompt

@@ -182,29 +182,34 @@ def decontaminate(text: str, eval_ngrams: set, n: int, mode: str) -> tuple[str |
     return "\n".join(kept).strip() or None, len(dirty)
 
 
-def mix(docs: list[dict], weights: dict[str, float], seed: int, max_repeats: int = 1
-        ) -> tuple[list[tuple[dict, int]], dict[str, float]]:
-    """Choose how often each document enters the mix so each domain's share of characters matches
-    its weight. A domain may be repeated up to `max_repeats` times (1: no repeats); the domain that
-    runs out first sets the size of the mix. Returns (document, copies) pairs and realised shares."""
+def mix(docs: list[dict], weights: dict[str, float], seed: int, max_repeats: int = 1,
+        starved_ratio: float = 0.1) -> tuple[list[tuple[dict, int]], dict[str, float]]:
+    """Choose how often each document enters the mix so each domain's share of characters follows
+    its weight, each document entering at most `max_repeats` times. The scarcest domain relative to
+    its weight sets the size of the mix, except a domain more than 1/starved_ratio times scarcer
+    than the best supplied one: it would shrink the whole mix, so it gives all it has instead.
+    Returns (document, copies) pairs and the realised shares."""
     by_domain: dict[str, list[dict]] = {}
     for doc in docs:
         by_domain.setdefault(doc["domain"], []).append(doc)
     active = {d: w for d, w in weights.items() if w > 0 and by_domain.get(d)}
     if not active:
         return [], {}
-    total_w = sum(active.values())
-    chars = {d: sum(x["chars"] for x in by_domain[d]) for d in active}
-    budget = min(max_repeats * chars[d] / (w / total_w) for d, w in active.items())
+    capacity = {d: max_repeats * sum(x["chars"] for x in by_domain[d]) for d in active}
+    supply = {d: capacity[d] / w for d, w in active.items()}
+    starved = {d for d in active if supply[d] < starved_ratio * max(supply.values())}
+    fed = {d: w for d, w in active.items() if d not in starved}
+    budget = min(supply[d] for d in fed) / sum(fed.values())  # characters per unit of weight
+    target = {d: capacity[d] if d in starved else budget * w for d, w in active.items()}
     rng = random.Random(seed)
     chosen = []
     for domain in sorted(active):
         pool = sorted(by_domain[domain], key=lambda x: str(x["id"]))
         rng.shuffle(pool)
-        target, taken, copies = budget * active[domain] / total_w, 0, Counter()
-        while taken < target:
+        taken, copies = 0, Counter()
+        for _ in range(max_repeats):
             for doc in pool:
-                if taken >= target:
+                if taken >= target[domain] * (1 - 1e-9):
                     break
                 copies[doc["id"]] += 1
                 taken += doc["chars"]

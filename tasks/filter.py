@@ -344,7 +344,7 @@ def write_mix(run: FilterRun, out: Path, weights: dict, seed: int) -> dict:
     cfg = run.cfg
     validation = {m["id"] for m in run.kept_meta if in_holdout(m["id"], cfg.validation_frac)}
     chosen, shares = filters.mix([m for m in run.kept_meta if m["id"] not in validation], weights, seed,
-                                 cfg.max_repeats)
+                                 cfg.max_repeats, cfg.starved_ratio)
     copies = {doc["id"]: n for doc, n in chosen}
     counts = Counter()
     for shard in sorted((out / run.kept_name).glob("part-*.parquet")):

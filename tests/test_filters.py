@@ -165,7 +165,11 @@ def test_mix_follows_weights_with_and_without_repeats():
     chosen, shares = filters.mix(docs, {"math": 0.25, "code": 0.75}, seed=0)
     assert abs(shares["math"] - 0.25) < 0.02 and max(n for _, n in chosen) == 1
     chosen, shares = filters.mix(docs, {"math": 0.5, "code": 0.5}, seed=0, max_repeats=3)
-    assert abs(shares["math"] - 0.5) < 0.02 and sum(n for _, n in chosen) > 200  # both domains upsampled
+    assert abs(shares["math"] - 0.5) < 0.02 and sum(n for _, n in chosen) == 600  # both domains upsampled
+    # A nearly empty domain gives what it has instead of shrinking the whole mix to its size.
+    starved = docs + [{"id": "web0", "domain": "web", "chars": 100}]
+    chosen, shares = filters.mix(starved, {"web": 0.5, "math": 0.25, "code": 0.25}, seed=0)
+    assert sum(n for _, n in chosen) == 201 and abs(shares["math"] - shares["code"]) < 0.01
 
 
 def test_human_quality_labels_and_gold_bodies(classifiers):
