@@ -39,6 +39,15 @@ def test_first_run_completes_every_stage_with_its_contract(pipeline_project):
     assert pre["val_loss_mean_len64"] < pre["unigram_entropy"]
 
 
+def test_first_run_needed_no_network(pipeline_project):
+    from tests.conftest import can_cut_network
+
+    if not can_cut_network():
+        pytest.skip("this machine does not allow a network namespace (unshare -n)")
+    # The fixture's run happened with only loopback up, and every stage completed.
+    assert (pipeline_project / ".herd" / "first_run_offline").read_text() == "True"
+
+
 def test_second_run_skips_every_stage(pipeline_project):
     started = time.time()
     proc = run_flow(pipeline_project)
