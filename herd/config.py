@@ -195,6 +195,7 @@ class ExtendConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.1
     grad_clip: float = 1.0
+    long_mix: dict[str, float] = field(default_factory=lambda: {"long": 0.6, "code": 0.4})  # long documents
     replay_frac: float = 0.05  # share of the original short-context mix (continued-pretraining replay)
 
 
@@ -323,7 +324,7 @@ def _check_semantics(params: DictConfig, root: Path) -> None:
         for i, path in enumerate(params.filter[key]):
             if not (root / path).exists():
                 fail(f"filter.{key}[{i}]", f"input file {root / path} does not exist")
-    for section in ("filter.weights", "anneal.mix"):
+    for section in ("filter.weights", "anneal.mix", "extend.long_mix"):
         weights = OmegaConf.select(params, section)
         for domain, weight in weights.items():
             if domain not in DOMAINS:
