@@ -40,7 +40,7 @@ def make_optimizer(model: torch.nn.Module, weight_decay: float) -> torch.optim.A
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95), eps=1e-8)
+    return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
 def _save_state(folder: Path, model, opt, step: int, key: str) -> None:
