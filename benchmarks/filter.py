@@ -57,8 +57,12 @@ def herd_decisions(docs: list[dict], cfg, classifiers) -> tuple[dict[str, bool],
 def datatrove_decisions(docs: list[dict]) -> tuple[dict[str, bool], float]:
     from datatrove.data import Document
     from datatrove.pipeline.dedup import MinhashConfig, MinhashDedupSignature
-    from datatrove.pipeline.filters import (C4QualityFilter, FineWebQualityFilter, GopherQualityFilter,
-                                            GopherRepetitionFilter)
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
 
     filters = [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False),
                FineWebQualityFilter()]

@@ -9,8 +9,6 @@ flow holds a parent MLflow run; each stage's run is nested under it.
     herd status     # say what would run and why, without running anything
 """
 
-import herd  # noqa: F401  (sets the offline environment before prefect and mlflow are imported)
-
 import argparse
 import json
 import os
@@ -23,6 +21,7 @@ import yaml
 from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
+import herd  # noqa: F401  (sets the offline environment before prefect and mlflow are imported)
 from herd import tracking
 from herd.config import load_params
 from herd.env import project_root

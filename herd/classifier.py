@@ -20,7 +20,7 @@ WORD = re.compile(r"\w+|[^\w\s]")
 def features(text: str, buckets: int, max_tokens: int = 2000) -> np.ndarray:
     """Bucket ids of the document's word unigrams and bigrams (hashing trick)."""
     words = WORD.findall(text.lower()[: max_tokens * 8])[:max_tokens]
-    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    grams = words + [f"{a} {b}" for a, b in zip(words, words[1:], strict=False)]
     if not grams:
         grams = [""]
     hashes = (xxhash.xxh32_intdigest(g.encode("utf-8", "replace")) % buckets for g in grams)

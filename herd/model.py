@@ -213,7 +213,8 @@ class Llama(nn.Module):
                 nn.init.ones_(p)
             else:
                 # GPT-2 style: residual output projections scaled down by depth for a stable start.
-                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight")) else 1
+                residual_out = name.endswith(("o_proj.weight", "down_proj.weight", "w2.weight"))
+                scale = 1 / math.sqrt(2 * self.cfg.n_layers) if residual_out else 1
                 nn.init.normal_(p, std=std * scale, generator=generator)
 
     def hidden(self, idx, cache=None, start=0):

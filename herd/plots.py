@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 def funnel_plot(steps: list[tuple[str, int]], path: Path) -> None:
     """Documents left after each filtering step."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    names, counts = zip(*steps)
+    names, counts = zip(*steps, strict=True)
     ax.barh(names[::-1], counts[::-1], color="#4c72b0")
     for i, c in enumerate(counts[::-1]):
         ax.text(c, i, f" {c}", va="center", fontsize=8)

@@ -29,7 +29,8 @@ class HerdModel(mlflow.pyfunc.PythonModel):
 
         prompts = _column(model_input, "prompt")
         if self.kind == "reward":
-            return score_responses(self.model, self.fmt, list(zip(prompts, _column(model_input, "response"))))
+            pairs = list(zip(prompts, _column(model_input, "response"), strict=True))
+            return score_responses(self.model, self.fmt, pairs)
         max_new = int((params or {}).get("max_new_tokens", 64))
         return [self.fmt.decode(sample(self.model, self.fmt.prompt(p), 1, max_new, 0.0, 0, self.fmt.stops)[0])
                 for p in prompts]

@@ -79,7 +79,7 @@ def run() -> None:
         pairs = preference_pairs(problems, len(problems), st.seed)
         chosen = score_responses(judge, fmt, [(p["prompt"], p["chosen"]) for p in pairs], precision=precision)
         rejected = score_responses(judge, fmt, [(p["prompt"], p["rejected"]) for p in pairs], precision=precision)
-        reward_accuracy = round(sum(c > r for c, r in zip(chosen, rejected)) / len(pairs), 4)
+        reward_accuracy = round(sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs), 4)
 
         questions = [p["question"] for p in problems[: cfg.win_rate_prompts]]
         responses = {}
@@ -87,9 +87,10 @@ def run() -> None:
             model = load_checkpoint(st.input(stage) / "model")
             responses[stage] = [fmt.decode(greedy(model, fmt.prompt(q), cfg.max_new_tokens, fmt.stops, precision))
                                 for q in questions]
-        new = score_responses(judge, fmt, list(zip(questions, responses["dpo"])), precision=precision)
-        old = score_responses(judge, fmt, list(zip(questions, responses["sft"])), precision=precision)
-        win_rate = round(sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(new, old)) / len(new), 4)
+        new, old = (score_responses(judge, fmt, list(zip(questions, responses[s], strict=True)), precision=precision)
+                    for s in ("dpo", "sft"))
+        wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(new, old, strict=True))
+        win_rate = round(wins / len(new), 4)
 
         for stage, row in table.items():
             for key, value in row.items():
@@ -98,8 +99,8 @@ def run() -> None:
         st.metrics["dpo.win_rate_vs_sft"] = win_rate
         (st.out / "report.md").write_text(report(table, reward_accuracy, win_rate))
         (st.out / "examples.json").write_text(json.dumps(
-            [{"prompt": q, "sft": s, "dpo": d} for q, s, d in zip(questions, responses["sft"], responses["dpo"])][:10],
-            indent=2) + "\n")
+            [{"prompt": q, "sft": s, "dpo": d}
+             for q, s, d in zip(questions, responses["sft"], responses["dpo"], strict=True)][:10], indent=2) + "\n")
         grouped_bars(losses, f"held-out loss by domain (context {short})", "loss (nats/token)",
                      st.out / "loss_by_domain.png")
         import mlflow

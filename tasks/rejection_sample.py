@@ -31,7 +31,7 @@ def run() -> None:
             correct = [final_answer(t) == problem["answer"] for t in texts]
             scores = score_responses(judge, fmt, [(problem["question"], t) for t in texts], precision=precision)
             # A verifiable answer lets a checker vote with the reward model (best-of-K with a verifier).
-            scores = [s + cfg.verifier_bonus * c for s, c in zip(scores, correct)]
+            scores = [s + cfg.verifier_bonus * c for s, c in zip(scores, correct, strict=True)]
             order = sorted(range(cfg.k), key=lambda i: -scores[i])
             best, worst = order[0], order[-1]
             rows.append({"id": problem["id"], "prompt": problem["question"], "answer": problem["answer"],

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+from omegaconf.errors import ConfigAttributeError
 
 from herd.config import load_params, stage_config
 from herd.errors import HerdError
@@ -50,7 +51,7 @@ def test_invalid_yaml_is_reported(tmp_path):
 def test_stage_sees_only_its_declared_sections():
     cfg = stage_config("dpo", REPO)
     assert cfg.dpo.beta > 0 and cfg.train.precision
-    with pytest.raises(Exception):
+    with pytest.raises(ConfigAttributeError, match="anneal"):
         cfg.anneal  # noqa: B018  (not declared for dpo in dvc.yaml, so not readable)
 
 

@@ -3,9 +3,9 @@ pages with human labels and gold bodies (../shared/data, skipped when absent).""
 
 import gzip
 import json
-from collections import Counter
 import subprocess
 import sys
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -14,8 +14,15 @@ from omegaconf import OmegaConf
 from herd import corpus, filters
 from herd.config import CorpusConfig, FilterConfig
 from herd.data import read_table
-from tasks.filter import (FilterRun, Scorer, boilerplate_report, eval_ngrams, quality_report, read_documents,
-                          train_classifiers)
+from tasks.filter import (
+    FilterRun,
+    Scorer,
+    boilerplate_report,
+    eval_ngrams,
+    quality_report,
+    read_documents,
+    train_classifiers,
+)
 from tests.conftest import REPO, SHARED_DATA
 
 CFG = OmegaConf.structured(FilterConfig(workers=1, shard_size=200))

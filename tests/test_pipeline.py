@@ -97,7 +97,7 @@ def test_registered_models_resolve_by_alias_and_reproduce_outputs(pipeline_proje
                           "response": ["Ava has 3 apples. The answer is 3.", "The answer is 7."]})
     reward_dir = pipeline_project / "artifacts" / "reward" / "model"
     expected = score_responses(load_checkpoint(reward_dir), ChatFormat(load_tokenizer(reward_dir)),
-                               list(zip(frame.prompt, frame.response)))
+                               list(zip(frame.prompt, frame.response, strict=True)))
     loaded = mlflow.pyfunc.load_model("models:/herd-reward@champion")
     assert loaded.predict(frame) == pytest.approx(expected, abs=1e-5)
 
