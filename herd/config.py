@@ -47,7 +47,8 @@ class CorpusConfig:
 @dataclass
 class FilterConfig:
     # Gopher / C4 / FineWeb heuristics (code has its own rules, math lower letter/digit thresholds)
-    min_words: int = 5  # low: Wikipedia stubs are clean prose; web pages also face the quality model
+    min_words: int = 5  # low: Wikipedia stubs are clean prose
+    web_min_words: int = 80  # web pages that short are mostly fragments (DCLM labels: precision 0.60 -> 0.70)
     max_words: int = 100000
     min_mean_word_len: float = 2.5
     max_mean_word_len: float = 12.0

@@ -87,7 +87,7 @@ def prose_rule_failed(text: str, cfg, domain: str = "prose") -> str | None:
     alphabetic-word and digit thresholds: worked solutions are full of numbers and operators."""
     words = text.split()
     n = len(words)
-    if n < cfg.min_words:
+    if n < (cfg.web_min_words if domain == "web" else cfg.min_words):
         return "too_few_words"
     if n > cfg.max_words:
         return "too_many_words"

@@ -142,7 +142,7 @@ def test_malformed_records_are_counted_not_fatal(classifiers, tmp_path):
     source.write_text('{"id": "a", "text": "fine text that is long enough to keep, with the words."}\n'
                       '{"id": "b", "body": "wrong field"}\n{not json\n[1, 2]\n{"id": "e", "text": "   "}\n')
     _, rejects, _ = run_filter(list(read_documents(source)), classifiers, tmp_path / "out",
-                               cfg=OmegaConf.merge(CFG, {"quality_domains": []}))
+                               cfg=OmegaConf.merge(CFG, {"quality_domains": [], "web_min_words": 5}))
     assert "a" not in rejects
     assert rejects["b"] == "missing_text" and rejects["in.jsonl:3"] == "unreadable_record"
     assert rejects["in.jsonl:4"] == "unreadable_record" and rejects["e"] == "empty_after_normalisation"
