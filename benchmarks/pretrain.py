@@ -2,14 +2,15 @@
 
 The same architecture (params.yaml's `model` section), the same batches, bf16 autocast, AdamW,
 warmup + cosine and gradient clipping on both sides, one after the other in one process. Reports
-tokens/s, MFU against the device's measured bf16 matmul peak, and the ratio; the last line printed
-is one JSON object.
+tokens/s, MFU against the device's measured bf16 matmul peak, and the ratio of the medians over
+alternating rounds; the last line printed is one JSON object.
 
-    python benchmarks/pretrain.py [--steps 40] [--warmup 5]
+    python benchmarks/pretrain.py [--steps 40] [--warmup 5] [--rounds 3]
 """
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--warmup", type=int, default=5, help="steps excluded from the timing")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternating Herd / HF rounds, medians reported: a shared machine's speed drifts")
     args = parser.parse_args()
     params = load_params(ROOT / "params.yaml")
     m, pre = params.model, params.pretrain
@@ -94,17 +97,21 @@ def main() -> None:
     data = batches(cfg.vocab_size, args.steps, pre.batch_size, pre.seq_len)
     peak = measured_peak_flops()
     fpt = flops_per_token(Llama(cfg), pre.seq_len)
-    herd_tps = herd_run(cfg, data, pre.lr, pre.warmup_steps, args.warmup)
-    print(f"herd:       {herd_tps:9.0f} tokens/s  MFU {herd_tps * fpt / peak:.3f}", flush=True)
-    hf_tps = hf_trainer_run(cfg, data, pre.lr, pre.warmup_steps, args.warmup)
-    print(f"hf trainer: {hf_tps:9.0f} tokens/s  MFU {hf_tps * fpt / peak:.3f}", flush=True)
+    herd_tps, hf_tps = [], []
+    for r in range(args.rounds):
+        herd_tps.append(herd_run(cfg, data, pre.lr, pre.warmup_steps, args.warmup))
+        hf_tps.append(hf_trainer_run(cfg, data, pre.lr, pre.warmup_steps, args.warmup))
+        print(f"round {r + 1}: herd {herd_tps[-1]:7.0f} tokens/s (MFU {herd_tps[-1] * fpt / peak:.3f})   "
+              f"hf trainer {hf_tps[-1]:7.0f} tokens/s (MFU {hf_tps[-1] * fpt / peak:.3f})", flush=True)
+    herd_med, hf_med = statistics.median(herd_tps), statistics.median(hf_tps)
     print(json.dumps({
         "benchmark": "pretrain", "device": "cuda" if torch.cuda.is_available() else "cpu",
         "threads": torch.get_num_threads(), "params": Llama(cfg).num_params(),
         "batch": pre.batch_size, "seq_len": pre.seq_len, "steps_timed": args.steps - args.warmup,
-        "peak_bf16_flops": round(peak), "herd_tokens_per_s": round(herd_tps, 1),
-        "hf_trainer_tokens_per_s": round(hf_tps, 1), "herd_mfu": round(herd_tps * fpt / peak, 4),
-        "hf_trainer_mfu": round(hf_tps * fpt / peak, 4), "ratio": round(herd_tps / hf_tps, 3),
+        "rounds": args.rounds, "peak_bf16_flops": round(peak), "herd_tokens_per_s": round(herd_med, 1),
+        "hf_trainer_tokens_per_s": round(hf_med, 1), "herd_mfu": round(herd_med * fpt / peak, 4),
+        "hf_trainer_mfu": round(hf_med * fpt / peak, 4), "ratio": round(herd_med / hf_med, 3),
+        "round_ratios": [round(a / b, 3) for a, b in zip(herd_tps, hf_tps, strict=True)],
     }))
 
 

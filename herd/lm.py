@@ -67,8 +67,7 @@ class WindowSampler:
 
 
 def lm_loss(model, batch) -> tuple[torch.Tensor, dict]:
-    logits = model(batch["input_ids"])
-    loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["labels"].flatten(), ignore_index=IGNORE)
+    loss = model(batch["input_ids"], labels=batch["labels"])
     return loss, {"tokens": int((batch["labels"] != IGNORE).sum())}
 
 
@@ -86,14 +85,15 @@ class PretrainLoss:
         self.weight, self.temperature = weight, temperature
 
     def __call__(self, model, batch) -> tuple[torch.Tensor, dict]:
-        logits = model(batch["input_ids"]).float()
-        labels = batch["labels"].flatten()
-        mask = labels != IGNORE
-        flat = logits.flatten(0, 1)
-        ce = F.cross_entropy(flat, labels, ignore_index=IGNORE)
-        metrics = {"tokens": int(mask.sum()), "ce": ce.item()}
-        loss = ce
-        if self.teacher is not None:
+        if self.teacher is None:
+            loss, metrics = lm_loss(model, batch)
+            metrics["ce"] = loss.item()
+        else:  # distillation compares whole distributions: the student's logits are needed
+            labels = batch["labels"].flatten()
+            mask = labels != IGNORE
+            flat = model(batch["input_ids"]).float().flatten(0, 1)
+            ce = F.cross_entropy(flat, labels, ignore_index=IGNORE)
+            metrics = {"tokens": int(mask.sum()), "ce": ce.item()}
             with torch.no_grad():
                 target = self.teacher(batch["input_ids"]).float().flatten(0, 1)
             if self.mode == "top1":

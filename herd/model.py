@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from herd.cross_entropy import linear_cross_entropy
 from herd.errors import HerdError
 
 
@@ -225,9 +226,12 @@ class Llama(nn.Module):
             x = layer(x, cos, sin, None if cache is None else cache[i], start)
         return self.model.norm(x)
 
-    def forward(self, idx, cache=None, start=0):
-        """Logits (B, T, vocab) for an LM; per-token scores (B, T) for a reward model."""
+    def forward(self, idx, cache=None, start=0, labels=None):
+        """Logits (B, T, vocab) for an LM; per-token scores (B, T) for a reward model. Given `labels`,
+        an LM returns their mean next-token loss instead, without materialising the logits."""
         h = self.hidden(idx, cache, start)
+        if self.head == "lm" and labels is not None:
+            return linear_cross_entropy(h, self.lm_head.weight, labels)
         if self.head == "lm":
             return self.lm_head(h)
         # Rewards rank samples that differ by little: score in fp32 even under bf16 autocast.

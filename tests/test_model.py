@@ -37,6 +37,30 @@ def test_save_load_roundtrip_and_reward_head(tmp_path):
         assert rm(x).shape == (2, 10) and torch.all(rm(x) == 0)  # fresh head scores zero
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_fused_loss_matches_logits_then_cross_entropy(precision):
+    x = torch.randint(0, 97, (3, 40))
+    labels = torch.randint(0, 97, (3, 40))
+    labels[:, :7] = -100  # a prompt, excluded from the loss
+    results = []
+    for fused in (False, True):
+        m = model().train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            if fused:
+                loss = m(x, labels=labels)
+            else:
+                loss = torch.nn.functional.cross_entropy(m(x).flatten(0, 1).float(), labels.flatten())
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    (plain, plain_grads), (fused, fused_grads) = results
+    tol = 1e-5 if precision == "fp32" else 2e-2
+    assert torch.allclose(fused, plain, rtol=tol)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        assert torch.allclose(model()(x, labels=labels), plain, rtol=tol)  # evaluation: no gradients made
+    for name, grad in plain_grads.items():
+        assert torch.allclose(fused_grads[name], grad, rtol=tol, atol=tol * grad.abs().max()), name
+
+
 def test_kv_cache_matches_full_forward():
     m = model()
     x = torch.randint(0, 97, (3, 12))
