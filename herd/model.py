@@ -101,13 +101,11 @@ class Attention(nn.Module):
             cache[0][:, :, start : start + T] = k
             cache[1][:, :, start : start + T] = v
             k, v = cache[0][:, :, : start + T], cache[1][:, :, : start + T]
-        if nkv != nh:
-            k = k.repeat_interleave(nh // nkv, dim=1)
-            v = v.repeat_interleave(nh // nkv, dim=1)
         # A single new token attends to everything cached; a prompt (start == 0) is causal.
         if T > 1 and start > 0:
             raise HerdError("the KV cache takes a whole prompt at position 0, then one token at a time")
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1)
+        # Grouped-query attention without materialising the repeated keys and values.
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=nkv != nh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
 
 
