@@ -57,19 +57,20 @@ def normalise(text: str, web: bool = False) -> str:
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
 
-def _top_ngram_frac(words: list[str], n: int) -> float:
-    """Share of characters taken by the most frequent repeated word n-gram (Gopher)."""
+def _top_ngram_frac(words: list[str], n: int, chars: int) -> float:
+    """Share of the `chars` word characters taken by the most frequent repeated word n-gram (Gopher)."""
     grams = Counter(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     if not grams:
         return 0.0
     gram, count = grams.most_common(1)[0]
     if count < 2:
         return 0.0
-    return count * sum(len(w) for w in gram) / max(1, sum(len(w) for w in words))
+    return count * sum(len(w) for w in gram) / max(1, chars)
 
 
-def _dup_ngram_frac(words: list[str], n: int) -> float:
-    """Share of characters in repeats of an earlier word n-gram, repeats not overlapping (Gopher)."""
+def _dup_ngram_frac(words: list[str], n: int, chars: int) -> float:
+    """Share of the `chars` word characters in repeats of an earlier word n-gram, repeats not
+    overlapping (Gopher)."""
     seen, i, dup = set(), 0, 0
     while i <= len(words) - n:
         gram = tuple(words[i : i + n])
@@ -79,7 +80,7 @@ def _dup_ngram_frac(words: list[str], n: int) -> float:
         else:
             seen.add(gram)
             i += 1
-    return dup / max(1, sum(len(w) for w in words))
+    return dup / max(1, chars)
 
 
 def prose_rule_failed(text: str, cfg, domain: str = "prose") -> str | None:
@@ -124,11 +125,12 @@ def prose_rule_failed(text: str, cfg, domain: str = "prose") -> str | None:
         return "ellipsis_lines"
     if n < cfg.repetition_min_words:  # in a short text one repeated name is a large share
         return None
+    chars = sum(len(w) for w in lowered)
     for k, limit in cfg.max_top_ngram_frac.items():
-        if _top_ngram_frac(lowered, k) > limit:
+        if _top_ngram_frac(lowered, k, chars) > limit:
             return f"top_{k}gram"
     for k, limit in cfg.max_duplicate_ngram_frac.items():
-        if _dup_ngram_frac(lowered, k) > limit:
+        if _dup_ngram_frac(lowered, k, chars) > limit:
             return f"duplicate_{k}gram"
     return None
 

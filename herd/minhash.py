@@ -36,28 +36,29 @@ class MinHasher:
 
 
 class NearDuplicateIndex:
-    """Signatures of the documents kept so far, bucketed by band."""
+    """Signatures of the documents kept so far, with their ids, bucketed by band."""
 
     def __init__(self, bands: int, rows: int, threshold: float):
         self.bands, self.rows, self.threshold = bands, rows, threshold
         self.buckets: list[dict[bytes, list[int]]] = [{} for _ in range(bands)]
         self.signatures: list[np.ndarray] = []
+        self.ids: list[str] = []
 
     def _keys(self, sig: np.ndarray) -> list[bytes]:
         return [sig[i * self.rows : (i + 1) * self.rows].tobytes() for i in range(self.bands)]
 
-    def find(self, sig: np.ndarray) -> tuple[int, float] | None:
-        """The earlier document this one nearly duplicates (index, estimated Jaccard), if any."""
+    def find(self, sig: np.ndarray) -> tuple[str, float] | None:
+        """The earlier document this one nearly duplicates (its id, estimated Jaccard), if any."""
         for band, key in enumerate(self._keys(sig)):
             for other in self.buckets[band].get(key, ()):
                 jaccard = float((self.signatures[other] == sig).mean())
                 if jaccard >= self.threshold:
-                    return other, jaccard
+                    return self.ids[other], jaccard
         return None
 
-    def add(self, sig: np.ndarray) -> int:
+    def add(self, sig: np.ndarray, doc_id: str) -> None:
         idx = len(self.signatures)
         self.signatures.append(sig)
+        self.ids.append(doc_id)
         for band, key in enumerate(self._keys(sig)):
             self.buckets[band].setdefault(key, []).append(idx)
-        return idx

@@ -188,7 +188,6 @@ class FilterRun:
         self.cfg, self.out, self.kept_name = cfg, out, kept_name
         self.exact: dict[str, str] = {}
         self.near = NearDuplicateIndex(cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_threshold)
-        self.near_ids: list[str] = []
         self.reasons, self.funnel = Counter(), Counter()
         self.domain_in, self.domain_kept = Counter(), Counter()
         self.kept_meta: list[dict] = []
@@ -209,12 +208,11 @@ class FilterRun:
         match = self.near.find(sig) if sig is not None else None
         if match:
             if passed:
-                doc.update(reject_reason="near_duplicate", duplicate_of=self.near_ids[match[0]],
+                doc.update(reject_reason="near_duplicate", duplicate_of=match[0],
                            near_duplicate_jaccard=round(match[1], 3), funnel="exact_dedup")
             return
         if sig is not None:
-            self.near.add(sig)
-            self.near_ids.append(doc["id"])
+            self.near.add(sig, doc["id"])
         if passed:
             doc["funnel"] = "near_dedup"
 
@@ -232,8 +230,7 @@ class FilterRun:
                     kept.append(doc)
                     self.domain_kept[doc["domain"]] += 1
                     self.decontam_cut += bool(doc.get("contaminated_lines_cut"))
-                    self.kept_meta.append({"id": doc["id"], "domain": doc["domain"], "chars": len(doc["text"]),
-                                           "shard": i, "row": len(kept) - 1})
+                    self.kept_meta.append({"id": doc["id"], "domain": doc["domain"], "chars": len(doc["text"])})
                 else:
                     self.reasons[doc["reject_reason"]] += 1
                     rejected.append(doc)
