@@ -341,8 +341,9 @@ def _check_semantics(params: DictConfig, root: Path) -> None:
         for domain in params.filter[key]:
             if domain not in DOMAINS:
                 fail(f"filter.{key}", f"unknown domain '{domain}'")
-    if params.filter.workers < 1 or params.filter.shard_size < 1:
-        fail("filter.workers", "workers and shard_size must be at least 1")
+    for key in ("workers", "shard_size"):
+        if params.filter[key] < 1:
+            fail(f"filter.{key}", "must be at least 1")
     if params.train.precision not in ("bf16", "fp32"):
         fail("train.precision", f"'{params.train.precision}' is not bf16 or fp32")
     if params.model.n_heads % params.model.n_kv_heads:

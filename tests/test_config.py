@@ -43,6 +43,12 @@ def test_unknown_domain_weight_is_named(tmp_path):
         load_params(write(tmp_path, "filter:\n  weights: {poetry: 1.0}\n"))
 
 
+@pytest.mark.parametrize("key", ["workers", "shard_size"])
+def test_out_of_range_value_names_its_key(tmp_path, key):
+    with pytest.raises(HerdError, match=rf"filter\.{key}: must be at least 1"):
+        load_params(write(tmp_path, f"filter:\n  {key}: 0\n"))
+
+
 def test_invalid_yaml_is_reported(tmp_path):
     with pytest.raises(HerdError, match="not valid YAML"):
         load_params(write(tmp_path, "filter: [unclosed\n"))
