@@ -21,9 +21,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from herd import corpus
-from herd.config import CorpusConfig, load_params
-from tasks.filter import FilterRun, train_classifiers
+from herd.data import corpus
+from herd.data.corpus import CorpusConfig
+from herd.data.filter import FilterRun, train_classifiers
+from herd.recipe import check_params
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -97,7 +98,7 @@ def quality(docs: list[dict], decisions: dict[str, bool]) -> dict:
 
 
 def main() -> None:
-    params = load_params(ROOT / "params.yaml")
+    params = check_params(ROOT)
     cfg = params.filter
     small = CorpusConfig(code_files=150, prose_docs=600, math_problems=500, passkey_docs=20, web_pages=800)
     classifiers = train_classifiers(corpus.builtin_corpus(small, 1), cfg, 1)[:2]

@@ -18,12 +18,13 @@ from pathlib import Path
 
 import torch
 
-from herd.config import TrainConfig, load_params
-from herd.lm import PretrainLoss
-from herd.lm_stage import flops_per_token
-from herd.model import Llama, LlamaConfig
-from herd.schedule import warmup_cosine
-from herd.train import LocalRun, measured_peak_flops, train
+from herd.model.llama import Llama, LlamaConfig
+from herd.recipe import check_params
+from herd.runtime.config import TrainRuntime
+from herd.training.lm import PretrainLoss
+from herd.training.lm_stage import flops_per_token
+from herd.training.loop import LocalRun, measured_peak_flops, train
+from herd.training.schedule import warmup_cosine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +45,8 @@ def herd_run(cfg: LlamaConfig, data, lr: float, warmup: int, skip: int, compile:
         return [{"input_ids": window[:, :-1], "labels": window[:, 1:]}]
 
     with tempfile.TemporaryDirectory() as tmp:
-        run = LocalRun("bench", Path(tmp), TrainConfig(checkpoint_every=10**9, log_every=10**9,
-                                                            compile=compile))
+        run = LocalRun("bench", Path(tmp), runtime=TrainRuntime(checkpoint_every=10**9, log_every=10**9,
+                                                                compile=compile))
         train(run, model, steps=len(data), lr_at=lambda s: warmup_cosine(s, len(data), warmup, lr, 0.1),
               batch_at=batch_at, loss_fn=PretrainLoss(), weight_decay=0.1, grad_clip=1.0, key="bench")
     times.append(time.perf_counter())
@@ -91,7 +92,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternating Herd / HF rounds, medians reported: a shared machine's speed drifts")
     args = parser.parse_args()
-    params = load_params(ROOT / "params.yaml")
+    params = check_params(ROOT)
     m, pre = params.model, params.pretrain
     cfg = LlamaConfig(vocab_size=params.tokenizer.vocab_size, dim=m.dim, n_layers=m.n_layers, n_heads=m.n_heads,
                       n_kv_heads=m.n_kv_heads, ffn_dim=m.ffn_dim, rope_base=m.rope_base, norm_eps=m.norm_eps,

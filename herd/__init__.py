@@ -2,6 +2,6 @@
 
 __version__ = "0.1.0"
 
-from herd.env import configure_environment
+from herd.runtime.env import configure_environment
 
 configure_environment()

@@ -1,15 +1,24 @@
-"""The stage contract (DESIGN.md §3): validated params in, one atomic output folder out, with
-metrics.json and a manifest.json lineage record, tracked as one MLflow run.
+"""The stage contract: validated params in, one atomic output folder out, with metrics.json and
+a manifest.json lineage record, tracked as one MLflow run.
 
-    with stage_run("sft", inputs=["rejection_sample", "anneal"]) as st:
-        ... write into st.out, read st.input("anneal") ...
-        st.metrics["loss"] = 1.23
+A stage module (tasks/<task>.py) declares what it needs and says nothing of where it sits in the
+DAG; herd/recipe.py binds its input roles to upstream stages and gives it a name:
+
+    SPEC = StageSpec(__doc__, inputs=("base", "samples"), params={"sft": SFTConfig, "train": TrainConfig})
+
+    def run(st: StageRun) -> None:
+        ... read st.input("base"), write into st.out, st.metrics["loss"] = 1.23 ...
+
+    if __name__ == "__main__":
+        main(SPEC, run)     # python -m tasks.sft --name sft --input base=anneal --input samples=rejection_sample
 
 The output is written to a temporary folder and swapped in only on success, so a failed or
 killed stage leaves the last good output untouched and never a half-written folder.
 """
 
+import argparse
 import hashlib
+import importlib
 import json
 import os
 import shutil
@@ -17,6 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +34,38 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from herd import distributed, tracking
 from herd.atomic import recover, swap_in
-from herd.config import load_params, stage_config
-from herd.env import project_root, state_dir
+from herd.config import load_sections
 from herd.errors import HerdError
+from herd.runtime import tracking
+from herd.runtime.config import RuntimeConfig
+from herd.runtime.env import project_root, state_dir
+from herd.training import distributed
 
 CODE_DIRS = ("herd", "tasks")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a stage module declares about itself: its help text, the roles of the upstream
+    outputs it reads (`optional` ones may be left out; `inputs=None` takes any roles), the params
+    sections it reads (with their schemas; `runtime` is always there), and whether it may run
+    data-parallel under torchrun."""
+
+    doc: str
+    inputs: tuple[str, ...] | None
+    params: dict[str, type]
+    optional: tuple[str, ...] = ()
+    distributed: bool = False
+
+    def check_roles(self, name: str, given: dict[str, str]) -> None:
+        if self.inputs is None:
+            return
+        missing = [r for r in self.inputs if r not in given]
+        unknown = [r for r in given if r not in self.inputs and r not in self.optional]
+        if missing or unknown:
+            roles = ", ".join([*self.inputs, *(f"[{r}]" for r in self.optional)]) or "none"
+            raise HerdError(f"stage '{name}' reads the roles {roles}; it was given {', '.join(given) or 'none'}")
 
 
 def hash_path(path: Path) -> str:
@@ -63,11 +98,11 @@ def code_version(root: Path) -> dict:
 @dataclass
 class StageRun:
     name: str
-    cfg: DictConfig
+    cfg: DictConfig  # the stage's sections plus `runtime`
     root: Path
     out: Path  # the temporary output folder; becomes artifacts/<name> on success
-    inputs: dict[str, Path]
-    input_hashes: dict[str, str]
+    inputs: dict[str, Path]  # role -> upstream output folder
+    input_hashes: dict[str, str]  # upstream stage -> content hash
     run_id: str
     metrics: dict = field(default_factory=dict)
     manifest: dict = field(default_factory=dict)  # extra lineage fields (e.g. the raw sources)
@@ -77,11 +112,22 @@ class StageRun:
     def seed(self) -> int:
         return int(self.cfg.seed)
 
-    def input(self, stage: str) -> Path:
-        return self.inputs[stage]
+    @property
+    def recipe_params(self) -> dict:
+        """The params that determine the result (everything but `runtime`)."""
+        return {k: v for k, v in OmegaConf.to_container(self.cfg, resolve=True).items() if k != "runtime"}
 
-    def upstream_manifest(self, stage: str) -> dict:
-        return json.loads((self.inputs[stage] / "manifest.json").read_text())
+    def input(self, role: str) -> Path:
+        return self.inputs[role]
+
+    def upstream_manifest(self, role: str) -> dict:
+        return json.loads((self.inputs[role] / "manifest.json").read_text())
+
+    def run_key(self) -> str:
+        """Identifies a run by everything that determines its result: a checkpoint resumes only
+        a run with the same key."""
+        parts = [self.name, self.recipe_params, self.input_hashes]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def checkpoint_dir(self) -> Path:
         """A persistent folder for resumable checkpoints (survives a kill; not a DVC output)."""
@@ -94,14 +140,14 @@ class StageRun:
             self.logger.log(metrics, step)
 
     def lineage(self) -> dict:
-        """This stage and every ancestor back to the raw corpus: stage -> {run_id, output hash, ...}."""
+        """Every ancestor back to the raw corpus: stage -> {run_id, output hash, ...}."""
         chain = {}
-        for stage in self.inputs:
-            manifest = self.upstream_manifest(stage)
+        for role in self.inputs:
+            manifest = self.upstream_manifest(role)
             chain.update(manifest.get("lineage", {}))
-            chain[stage] = {"run_id": manifest["mlflow_run_id"], "output_sha256": manifest["output_sha256"]}
+            chain[manifest["stage"]] = {"run_id": manifest["mlflow_run_id"], "output_sha256": manifest["output_sha256"]}
             if "sources" in manifest:
-                chain[stage]["sources"] = manifest["sources"]
+                chain[manifest["stage"]]["sources"] = manifest["sources"]
         return chain
 
 
@@ -116,23 +162,26 @@ def _seed_everything(seed: int) -> None:
 
 
 @contextmanager
-def stage_run(name: str, inputs: list[str] = ()):
-    root = project_root()
-    cfg = stage_config(name, root)
+def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | None = None):
+    """Run stage `name` of `spec`, reading the outputs of `inputs` (role -> upstream stage)."""
+    root = root or project_root()
+    spec.check_roles(name, inputs)
+    cfg = load_sections(root / "params.yaml", {**spec.params, "runtime": RuntimeConfig})
     artifacts = root / "artifacts"
     final = artifacts / name
     recover(final)
     input_dirs = {}
-    for stage in inputs:
-        recover(artifacts / stage)
+    for role, stage in inputs.items():
         path = artifacts / stage
+        recover(path)
         if not (path / "manifest.json").is_file():
             raise HerdError(f"stage '{name}' needs the output of '{stage}' at {path}, which is missing: "
                             f"run `dvc repro {stage}` first")
-        input_dirs[stage] = path
+        input_dirs[role] = path
+    input_hashes = {stage: hash_path(artifacts / stage) for stage in inputs.values()}
     distributed.init()
     if not distributed.is_main():
-        yield from _worker_run(name, cfg, root, input_dirs)
+        yield from _worker_run(name, cfg, root, input_dirs, input_hashes)
         return
     tmp = artifacts / f".{name}.tmp"
     if tmp.exists():
@@ -141,17 +190,16 @@ def stage_run(name: str, inputs: list[str] = ()):
 
     import mlflow
 
-    experiment_id = tracking.setup(cfg.tracking, root)
+    experiment_id = tracking.setup(cfg.runtime.tracking, root)
     parent = os.environ.get(tracking.PARENT_RUN_ENV) or None
-    params = OmegaConf.to_container(cfg, resolve=True)
     started = time.time()
+    st = StageRun(name, cfg, root, tmp, input_dirs, input_hashes, "")
+    params = st.recipe_params
     _seed_everything(int(params.get("seed", 0)))
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent,
                           tags={"herd.stage": name}) as run:
-        mlflow.log_params(tracking.flatten({k: v for k, v in params.items() if k != "tracking"}))
-        input_hashes = {stage: hash_path(path) for stage, path in input_dirs.items()}
-        st = StageRun(name, cfg, root, tmp, input_dirs, input_hashes, run.info.run_id,
-                      logger=tracking.MetricLogger(run.info.run_id))
+        mlflow.log_params(tracking.flatten(params))
+        st.run_id, st.logger = run.info.run_id, tracking.MetricLogger(run.info.run_id)
         try:
             yield st
         except BaseException:
@@ -169,7 +217,7 @@ def stage_run(name: str, inputs: list[str] = ()):
             mlflow.log_metrics(scalars)
         manifest = {
             "stage": name,
-            "params": {k: v for k, v in params.items() if k != "tracking"},
+            "params": params,
             "inputs": input_hashes,
             # Hash of the product itself (metrics.json holds the wall time, which varies run to run).
             "output_sha256": _hash_outputs(tmp),
@@ -186,14 +234,14 @@ def stage_run(name: str, inputs: list[str] = ()):
     st.out = final
 
 
-def _worker_run(name: str, cfg, root: Path, input_dirs: dict[str, Path]):
+def _worker_run(name: str, cfg, root: Path, input_dirs: dict[str, Path], input_hashes: dict[str, str]):
     """A non-zero rank of a distributed run computes alongside rank 0 but writes nothing that
     lasts: its output folder is thrown away and it opens no MLflow run."""
     tmp = root / "artifacts" / f".{name}.rank{distributed.rank()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        yield StageRun(name, cfg, root, tmp, input_dirs, {s: hash_path(p) for s, p in input_dirs.items()}, "")
+        yield StageRun(name, cfg, root, tmp, input_dirs, input_hashes, "")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -205,18 +253,58 @@ def _hash_outputs(folder: Path) -> str:
     return h.hexdigest()
 
 
-def main(run, distributed_ok: bool = False) -> None:
+def _roles(spec: StageSpec) -> str:
+    if spec.inputs is None:
+        return "any (each upstream stage under its own name)"
+    return ", ".join([*spec.inputs, *(f"{r} (optional)" for r in spec.optional)]) or "none"
+
+
+def _parse_args(spec: StageSpec, task: str, argv: list[str]) -> tuple[str, dict[str, str]]:
+    """(stage name, role -> upstream stage) from the command line, which dvc.yaml writes from the
+    recipe. Without arguments, the recipe's one stage that runs this module."""
+    sections = ", ".join(spec.params)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m tasks.{task}", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=spec.doc.strip(),
+        epilog=f"input roles: {_roles(spec)}\nparams sections: {sections} (+ runtime)\n"
+               "Without arguments, runs as the recipe's stage for this module (see `herd dag`).")
+    parser.add_argument("--name", help="the stage's name (its output is artifacts/<name>)")
+    parser.add_argument("--input", action="append", default=[], metavar="ROLE=STAGE",
+                        help="read the output of STAGE as ROLE (once per role)")
+    args = parser.parse_args(argv)
+    inputs = {}
+    for item in args.input:
+        role, sep, stage = item.partition("=")
+        if not sep or not role or not stage:
+            parser.error(f"--input {item}: expected ROLE=STAGE")
+        inputs[role] = stage
+    if args.name:
+        return args.name, inputs
+    if inputs:
+        parser.error("--input needs --name")
+    recipe = importlib.import_module("herd.recipe")  # only to fill in a bare command line
+    stages = [s for s in recipe.stages(project_root()) if s.task == task]
+    if len(stages) != 1:
+        raise HerdError(f"the recipe runs tasks.{task} as {', '.join(s.name for s in stages) or 'no stage'}; "
+                        "name one with --name and --input")
+    return stages[0].name, dict(stages[0].inputs)
+
+
+def main(spec: StageSpec, run: Callable[[StageRun], None]) -> None:
     """CLI entry shared by every stage: errors that name their cause print without a traceback.
     A stage that can train data-parallel relaunches itself under torchrun when
-    train.nproc_per_node > 1."""
+    runtime.train.nproc_per_node > 1."""
+    module = sys.modules["__main__"].__spec__.name
     try:
-        if distributed_ok and "WORLD_SIZE" not in os.environ:
-            nproc = load_params().train.nproc_per_node
+        name, inputs = _parse_args(spec, module.rpartition(".")[2], sys.argv[1:])
+        if spec.distributed and "WORLD_SIZE" not in os.environ:
+            runtime = load_sections(project_root() / "params.yaml", {"runtime": RuntimeConfig}).runtime
+            nproc = runtime.train.nproc_per_node
             if nproc > 1:
-                module = sys.modules["__main__"].__spec__.name
                 sys.exit(subprocess.call([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                          f"--nproc_per_node={nproc}", "-m", module]))
-        run()
+                                          f"--nproc_per_node={nproc}", "-m", module, *sys.argv[1:]]))
+        with stage_run(spec, name, inputs) as st:
+            run(st)
     except HerdError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

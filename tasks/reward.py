@@ -1,19 +1,23 @@
 """reward: a Bradley-Terry reward model started from the annealed base (scalar head), trained on
 verifiable preference pairs; one model for every criterion, as Llama 3."""
 
+from dataclasses import dataclass
+
 import torch
 
-from herd.chat import ChatFormat
-from herd.data import in_holdout, read_table, write_jsonl
+from herd.data.io import in_holdout, read_table, write_jsonl
+from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
-from herd.losses import bradley_terry_loss, rewards
-from herd.model import load_checkpoint, save_checkpoint
-from herd.preferences import math_problems, preference_pairs
-from herd.registry import register
-from herd.schedule import warmup_cosine
-from herd.stage import main, stage_run
-from herd.tokens import load_tokenizer
-from herd.train import autocast, finish, run_key, train
+from herd.model.llama import load_checkpoint, save_checkpoint
+from herd.post.chat import ChatFormat
+from herd.post.losses import bradley_terry_loss, rewards
+from herd.post.preferences import math_problems, preference_pairs
+from herd.runtime.registry import register
+from herd.stage import StageRun, StageSpec, main
+from herd.training.config import TrainConfig
+from herd.training.loop import finish, train
+from herd.training.precision import autocast
+from herd.training.schedule import warmup_cosine
 
 
 def pair_batch(fmt: ChatFormat, pairs: list[dict], seq_len: int) -> dict:
@@ -39,39 +43,57 @@ def pair_accuracy(model, fmt, pairs, seq_len, precision) -> float:
     return round(correct / len(pairs), 4)
 
 
-def run() -> None:
-    with stage_run("reward", inputs=["anneal", "filter"]) as st:
-        cfg = st.cfg.reward
-        base = st.input("anneal") / "model"
-        fmt = ChatFormat(load_tokenizer(base))
-        problems = math_problems(read_table(st.input("filter") / "train"))
-        if len(problems) < 10:
-            raise HerdError(f"reward needs math problems with questions in the filtered corpus; found {len(problems)}")
-        pairs = preference_pairs(problems, cfg.pairs, st.seed)
-        held_out = [p for p in pairs if in_holdout(p["id"], cfg.heldout_frac)]
-        train_pairs = [p for p in pairs if not in_holdout(p["id"], cfg.heldout_frac)]
-        model = load_checkpoint(base, head="score")
+@dataclass
+class RewardConfig:
+    """Bradley-Terry reward model on verifiable preference pairs, started from the base."""
 
-        def batch_at(step: int) -> dict:
-            g = torch.Generator().manual_seed(st.seed * 7919 + step)
-            idx = torch.randint(0, len(train_pairs), (cfg.batch_size,), generator=g).tolist()
-            return [pair_batch(fmt, [train_pairs[i] for i in idx], cfg.seq_len)]
+    pairs: int = 1500
+    heldout_frac: float = 0.1  # pairs kept aside to measure reward accuracy
+    seq_len: int = 256
+    batch_size: int = 16
+    steps: int = 100
+    lr: float = 5e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
 
-        st.metrics.update(train(
-            st, model, steps=cfg.steps, batch_at=batch_at, loss_fn=bt_step,
-            lr_at=lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.lr, 0.1),
-            weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-            key=run_key(st.name, dict(st.cfg), st.input_hashes),
-        ))
-        st.metrics["heldout_accuracy"] = pair_accuracy(model, fmt, held_out, cfg.seq_len, st.cfg.train.precision)
-        st.metrics["heldout_pairs"] = len(held_out)
-        save_checkpoint(model, st.out / "model")
-        for name in ("tokenizer.json", "tokenizer_config.json"):
-            (st.out / "model" / name).write_bytes((base / name).read_bytes())
-        write_jsonl(held_out, st.out / "heldout_pairs.jsonl")
-        register(st, st.out / "model", "reward", st.cfg.tracking.reward_model)
-        finish(st)
+
+SPEC = StageSpec(__doc__, inputs=("base", "filtered"),
+                 params={"seed": int, "train": TrainConfig, "reward": RewardConfig})
+
+
+def run(st: StageRun) -> None:
+    cfg = st.cfg.reward
+    base = st.input("base") / "model"
+    fmt = ChatFormat(load_tokenizer(base))
+    problems = math_problems(read_table(st.input("filtered") / "train"))
+    if len(problems) < 10:
+        raise HerdError(f"reward needs math problems with questions in the filtered corpus; found {len(problems)}")
+    pairs = preference_pairs(problems, cfg.pairs, st.seed)
+    held_out = [p for p in pairs if in_holdout(p["id"], cfg.heldout_frac)]
+    train_pairs = [p for p in pairs if not in_holdout(p["id"], cfg.heldout_frac)]
+    model = load_checkpoint(base, head="score")
+
+    def batch_at(step: int) -> dict:
+        g = torch.Generator().manual_seed(st.seed * 7919 + step)
+        idx = torch.randint(0, len(train_pairs), (cfg.batch_size,), generator=g).tolist()
+        return [pair_batch(fmt, [train_pairs[i] for i in idx], cfg.seq_len)]
+
+    st.metrics.update(train(
+        st, model, steps=cfg.steps, batch_at=batch_at, loss_fn=bt_step,
+        lr_at=lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.lr, 0.1),
+        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+        key=st.run_key(),
+    ))
+    st.metrics["heldout_accuracy"] = pair_accuracy(model, fmt, held_out, cfg.seq_len, st.cfg.train.precision)
+    st.metrics["heldout_pairs"] = len(held_out)
+    save_checkpoint(model, st.out / "model")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (st.out / "model" / name).write_bytes((base / name).read_bytes())
+    write_jsonl(held_out, st.out / "heldout_pairs.jsonl")
+    register(st, st.out / "model", "reward", st.cfg.runtime.tracking.reward_model)
+    finish(st)
 
 
 if __name__ == "__main__":
-    main(run)
+    main(SPEC, run)

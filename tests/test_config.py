@@ -1,4 +1,4 @@
-"""params.yaml is validated before any work, and errors name the key."""
+"""params.yaml is validated before any work, each section by its own schema, and errors name the key."""
 
 import os
 import subprocess
@@ -7,65 +7,100 @@ import sys
 import pytest
 from omegaconf.errors import ConfigAttributeError
 
-from herd.config import load_params, stage_config
+from herd.config import load_sections
 from herd.errors import HerdError
+from herd.recipe import check_params
+from herd.runtime.config import RuntimeConfig
+from herd.stage import stage_run
+from tasks import dpo
 from tests.conftest import REPO
 
 
 def write(tmp_path, text: str):
-    path = tmp_path / "params.yaml"
-    path.write_text(text)
-    return path
+    (tmp_path / "params.yaml").write_text(text)
+    return tmp_path
 
 
 def test_repository_params_are_valid():
-    assert load_params(REPO / "params.yaml").dpo.beta > 0
+    params = check_params(REPO)
+    assert params.dpo.beta > 0 and params.post.rounds >= 1 and params.runtime.filter.workers >= 1
 
 
 def test_unknown_key_is_named(tmp_path):
     with pytest.raises(HerdError, match=r"filter\.min_wrds"):
-        load_params(write(tmp_path, "filter:\n  min_wrds: 3\n"))
+        check_params(write(tmp_path, "filter:\n  min_wrds: 3\n"))
+
+
+def test_unknown_section_is_named(tmp_path):
+    with pytest.raises(HerdError, match=r"params.yaml: sft_round: "):
+        check_params(write(tmp_path, "sft_round:\n  steps: 3\n"))
 
 
 def test_wrong_type_is_named(tmp_path):
     with pytest.raises(HerdError, match=r"pretrain\.steps"):
-        load_params(write(tmp_path, "pretrain:\n  steps: many\n"))
+        check_params(write(tmp_path, "pretrain:\n  steps: many\n"))
 
 
 def test_missing_input_file_is_named(tmp_path):
     text = "corpus:\n  sources:\n    - {path: data/missing.jsonl, domain: web}\n"
     with pytest.raises(HerdError, match=r"corpus\.sources\[0\]\.path: input file .*missing\.jsonl does not exist"):
-        load_params(write(tmp_path, text))
+        check_params(write(tmp_path, text))
 
 
 def test_unknown_domain_weight_is_named(tmp_path):
-    with pytest.raises(HerdError, match=r"filter\.weights\.poetry: unknown domain"):
-        load_params(write(tmp_path, "filter:\n  weights: {poetry: 1.0}\n"))
+    with pytest.raises(HerdError, match=r"filter\.weights\.poetry: 'poetry' is not one of web, prose"):
+        check_params(write(tmp_path, "filter:\n  weights: {poetry: 1.0}\n"))
 
 
-@pytest.mark.parametrize("key", ["workers", "shard_size"])
-def test_out_of_range_value_names_its_key(tmp_path, key):
-    with pytest.raises(HerdError, match=rf"filter\.{key}: must be at least 1"):
-        load_params(write(tmp_path, f"filter:\n  {key}: 0\n"))
+@pytest.mark.parametrize("key", ["filter.workers", "filter.shard_size", "train.checkpoint_every"])
+def test_out_of_range_runtime_value_names_its_key(tmp_path, key):
+    group, name = key.split(".")
+    with pytest.raises(HerdError, match=rf"runtime\.{group}\.{name}: must be at least 1"):
+        check_params(write(tmp_path, f"runtime:\n  {group}:\n    {name}: 0\n"))
+
+
+def test_runtime_knobs_are_not_recipe_knobs(tmp_path):
+    """A knob moved to `runtime` is refused where it used to be, naming it."""
+    with pytest.raises(HerdError, match=r"filter\.workers"):
+        check_params(write(tmp_path, "filter:\n  workers: 4\n"))
 
 
 def test_invalid_yaml_is_reported(tmp_path):
     with pytest.raises(HerdError, match="not valid YAML"):
-        load_params(write(tmp_path, "filter: [unclosed\n"))
+        check_params(write(tmp_path, "filter: [unclosed\n"))
 
 
-def test_stage_sees_only_its_declared_sections():
-    cfg = stage_config("dpo", REPO)
-    assert cfg.dpo.beta > 0 and cfg.train.precision
+def test_a_stage_reads_only_its_own_sections_and_ignores_the_rest(tmp_path):
+    """A stage validates its sections and runtime; a broken section it does not read cannot stop it."""
+    write(tmp_path, (REPO / "params.yaml").read_text() + "\nanneal_typo: {steps: x}\n")
+    cfg = load_sections(tmp_path / "params.yaml", {**dpo.SPEC.params, "runtime": RuntimeConfig})
+    assert cfg.dpo.beta > 0 and cfg.train.precision and cfg.runtime.tracking.experiment
     with pytest.raises(ConfigAttributeError, match="anneal"):
-        cfg.anneal  # noqa: B018  (not declared for dpo in dvc.yaml, so not readable)
+        cfg.anneal  # noqa: B018  (dpo does not declare it, so it cannot read it)
+
+
+def test_stage_refuses_inputs_that_do_not_match_its_roles(tmp_path):
+    write(tmp_path, (REPO / "params.yaml").read_text())
+    with pytest.raises(HerdError, match=r"stage 'dpo' reads the roles policy, samples; it was given policy"):
+        with stage_run(dpo.SPEC, "dpo", {"policy": "sft"}, root=tmp_path):
+            pass
 
 
 def test_stage_cli_reports_bad_params_without_traceback(tmp_path):
     (tmp_path / "params.yaml").write_text("filter:\n  min_words: lots\n")
-    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
-    proc = subprocess.run([sys.executable, "-m", "tasks.filter"], cwd=tmp_path, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run([sys.executable, "-m", "tasks.filter", "--name", "filter", "--input", "corpus=corpus"],
+                          cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2
     assert "error: params.yaml: filter.min_words" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("task", ["corpus", "filter", "tokenizer", "pretrain", "extend", "anneal", "reward",
+                                  "rejection_sample", "sft", "dpo", "evaluate_base", "evaluate_policy",
+                                  "evaluate_reward", "report"])
+def test_every_stage_cli_answers_help_without_running(tmp_path, task):
+    proc = subprocess.run([sys.executable, "-m", f"tasks.{task}", "--help"], cwd=tmp_path, capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: python -m tasks.") and "params sections:" in proc.stdout
+    assert not (tmp_path / "artifacts").exists() and not (tmp_path / ".herd").exists()

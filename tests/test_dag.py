@@ -3,8 +3,8 @@
 import networkx as nx
 from dvc.repo import Repo
 
-from flows.pipeline import load_dag, topological
 from herd.config import Params, stage_sections
+from herd.orchestration.flow import load_dag, topological
 from tests.conftest import REPO
 
 CHAIN = ["corpus", "filter", "tokenizer", "pretrain", "extend", "anneal", "reward", "rejection_sample", "sft",

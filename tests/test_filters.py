@@ -4,17 +4,17 @@ pages with human labels and gold bodies (../shared/data, skipped when absent).""
 import gzip
 import json
 import subprocess
-import sys
 from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
 from omegaconf import OmegaConf
 
-from herd import corpus, filters
-from herd.config import CorpusConfig, FilterConfig
-from herd.data import read_table
-from tasks.filter import (
+from herd.data import corpus
+from herd.data import rules as filters
+from herd.data.corpus import CorpusConfig
+from herd.data.filter import (
+    FilterConfig,
     FilterRun,
     Scorer,
     boilerplate_report,
@@ -23,9 +23,10 @@ from tasks.filter import (
     read_documents,
     train_classifiers,
 )
+from herd.data.io import read_table
 from tests.conftest import REPO, SHARED_DATA
 
-CFG = OmegaConf.structured(FilterConfig(workers=1, shard_size=200))
+CFG = OmegaConf.structured(FilterConfig())
 
 
 def shared(path: str):
@@ -51,9 +52,9 @@ def test_domain_classifier_labels_unseen_documents(classifiers):
         assert hits >= 0.9 * len(docs), (domain, hits, len(docs))
 
 
-def run_filter(docs, classifiers, tmp_path, grams=frozenset(), cfg=CFG):
+def run_filter(docs, classifiers, tmp_path, grams=frozenset(), cfg=CFG, workers=1, shard_size=200):
     """Kept documents and {id: reason} of the rejected ones."""
-    filt = FilterRun(cfg, tmp_path)
+    filt = FilterRun(cfg, tmp_path, workers=workers, shard_size=shard_size)
     filt.run(docs, (OmegaConf.to_container(cfg), set(grams), *classifiers))
     kept = read_table(tmp_path / "kept")
     rejects = {r["id"]: r["reject_reason"] for r in read_table(tmp_path / "rejects")}
@@ -161,8 +162,7 @@ def test_parallel_workers_give_the_same_result(classifiers, tmp_path):
     prose = corpus.python_docs_prose(150)
     docs = prose + corpus.web_pages(200, seed=2, prose=prose)
     serial = run_filter(docs, classifiers, tmp_path / "serial")
-    cfg = OmegaConf.merge(CFG, {"workers": 2, "shard_size": 50})
-    parallel = run_filter(docs, classifiers, tmp_path / "parallel", cfg=cfg)
+    parallel = run_filter(docs, classifiers, tmp_path / "parallel", workers=2, shard_size=50)
     assert [d["id"] for d in serial[0]] == [d["id"] for d in parallel[0]]
     assert serial[1] == parallel[1]
 
@@ -198,7 +198,7 @@ def test_standalone_cli(tmp_path):
     source.write_text("".join(json.dumps({"id": d["id"], "url": "u", "text": d["text"]}) + "\n"
                               for d in prose + prose[:3]) + "{broken\n")
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "tasks.filter", "--input", str(source), "--output", str(out),
+    proc = subprocess.run(["herd", "filter", "--input", str(source), "--output", str(out),
                            "--domain", "prose", "--set", "classifier_docs=300"], cwd=REPO, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -207,6 +207,6 @@ def test_standalone_cli(tmp_path):
     assert all(r["url"] == "u" for r in rejects if r["reject_reason"] == "exact_duplicate")
     assert len(read_table(out / "kept")) == 20
     assert json.loads((out / "metrics.json").read_text())["kept"] == 20
-    again = subprocess.run([sys.executable, "-m", "tasks.filter", "--input", str(source), "--output", str(out)],
+    again = subprocess.run(["herd", "filter", "--input", str(source), "--output", str(out)],
                            cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 2 and "is not empty" in again.stderr and "Traceback" not in again.stderr

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from herd.model import Llama, LlamaConfig, load_checkpoint, save_checkpoint
+from herd.model.llama import Llama, LlamaConfig, load_checkpoint, save_checkpoint
 
 CFG = LlamaConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=64)
 
@@ -89,8 +89,8 @@ def test_mixture_of_experts_loads_as_mixtral_with_same_logits(tmp_path):
 
 def test_hugging_face_tokenizer_and_model_generate(tmp_path):
     transformers = pytest.importorskip("transformers")
-    from herd import corpus
-    from herd.tokens import EOT, PAD, save_tokenizer, special_id, train_tokenizer
+    from herd.data import corpus
+    from herd.data.tokens import EOT, PAD, save_tokenizer, special_id, train_tokenizer
 
     tok = train_tokenizer([d["text"] for d in corpus.python_docs_prose(50)], 300, 2, [EOT, PAD, "<|user|>",
                                                                                      "<|assistant|>", "<|end|>"])

@@ -87,10 +87,10 @@ def test_registered_models_resolve_by_alias_and_reproduce_outputs(pipeline_proje
     import mlflow
     import pandas as pd
 
-    from herd.chat import ChatFormat
-    from herd.model import load_checkpoint
-    from herd.scoring import score_responses
-    from herd.tokens import load_tokenizer
+    from herd.data.tokens import load_tokenizer
+    from herd.model.llama import load_checkpoint
+    from herd.post.chat import ChatFormat
+    from herd.post.scoring import score_responses
 
     client = mlflow_client(pipeline_project)
     frame = pd.DataFrame({"prompt": ["Ava has 3 apples. How many apples?"] * 2,

@@ -5,12 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from herd import corpus
-from herd.config import RampStep, TrainConfig
-from herd.lm import PretrainLoss, WindowSampler, domain_losses, lm_loss
-from herd.model import Llama, LlamaConfig
-from herd.tokens import EOT, special_id, tokenize_stream, train_tokenizer
-from herd.train import LocalRun, train
+from herd.data import corpus
+from herd.data.tokens import EOT, special_id, tokenize_stream, train_tokenizer
+from herd.model.llama import Llama, LlamaConfig
+from herd.runtime.config import TrainRuntime
+from herd.training.config import TrainConfig
+from herd.training.lm import PretrainLoss, RampStep, WindowSampler, domain_losses, lm_loss
+from herd.training.loop import LocalRun, train
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,8 @@ def tiny(vocab: int, eot: int, dim: int = 32, layers: int = 1, seed: int = 0) ->
 
 
 def fit(model, sampler, folder, steps, loss_fn=lm_loss, lr=3e-3, precision="fp32", compile=False):
-    ctx = LocalRun("test", folder, TrainConfig(checkpoint_every=5, log_every=5, precision=precision, compile=compile))
+    ctx = LocalRun("test", folder, TrainConfig(precision=precision),
+                   TrainRuntime(checkpoint_every=5, log_every=5, compile=compile))
     train(ctx, model, steps=steps, lr_at=lambda s: lr, batch_at=sampler, loss_fn=loss_fn, weight_decay=0.0,
           grad_clip=1.0, key="k")
     return ctx

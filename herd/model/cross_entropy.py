@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from herd.lm import IGNORE
+IGNORE = -100  # label of a position that is not scored (F.cross_entropy's ignore_index)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

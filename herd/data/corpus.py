@@ -1,6 +1,6 @@
 """The built-in corpus, generated deterministically on the machine so the pipeline runs offline.
 
-Five kinds of document (DESIGN.md §4): real Python standard-library code, real English prose from
+Five kinds of document: real Python standard-library code, real English prose from
 Python's own documentation, arithmetic word problems with worked solutions, long documents hiding a
 pass key, and low-quality web pages (boilerplate, spam, lorem ipsum, mojibake, duplicates) that
 the filter must remove. Every record is a dict with at least `id`, `text` and `domain`.
@@ -11,13 +11,51 @@ import hashlib
 import random
 import sysconfig
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from herd.config import ParamError
+from herd.data.domains import check_domain
 
 NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Liam",
          "Maya", "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara", "Umar", "Vera", "Wen", "Yusuf"]
 ITEMS = ["apples", "books", "marbles", "stickers", "pencils", "cookies", "coins", "stamps", "shells",
          "cards", "eggs", "flowers", "tickets", "boxes", "bottles", "candles"]
 PLACES = ["the market", "school", "the library", "a fair", "the shop", "the park", "a garage sale"]
+
+
+@dataclass
+class SourceConfig:
+    """An extra corpus source read through `datasets.load_dataset`."""
+
+    path: str  # a hub name ("HuggingFaceFW/fineweb-edu") or a local json/jsonl/parquet file
+    domain: str  # web | prose | code | math | long
+    text_field: str = "text"
+    split: str = "train"
+    name: str | None = None  # the hub dataset's config name
+    limit: int | None = None  # read at most this many records
+
+
+@dataclass
+class CorpusConfig:
+    """The built-in corpus, generated deterministically on the machine."""
+
+    code_files: int = 500  # Python standard-library modules
+    prose_docs: int = 1500  # passages of Python's own documentation (reference and docstrings)
+    math_problems: int = 6000  # arithmetic word problems with worked solutions
+    math_test_problems: int = 200  # held out: evals, reward accuracy, decontamination
+    passkey_docs: int = 150  # long documents with a pass key to retrieve
+    passkey_test_docs: int = 30
+    passkey_words: int = 600  # length of each passkey document in words
+    web_pages: int = 1500  # generated low-quality pages the filter must remove
+    sources: list[SourceConfig] = field(default_factory=list)
+
+    def check(self, root: Path) -> None:
+        for i, src in enumerate(self.sources):
+            check_domain(src.domain, f"sources[{i}].domain")
+            looks_local = src.path.startswith((".", "/")) or src.path.endswith((".json", ".jsonl", ".gz", ".parquet"))
+            if looks_local and not (root / src.path).exists():
+                raise ParamError(f"sources[{i}].path", f"input file {root / src.path} does not exist")
 
 
 def _stable_order(items: list[str], salt: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 import torch
 
-from herd.distributed import device
-from herd.train import autocast
+from herd.training.distributed import device
+from herd.training.precision import autocast
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from herd.env import state_dir
+from herd.runtime.env import state_dir
 
 PARENT_RUN_ENV = "HERD_PARENT_RUN_ID"
 

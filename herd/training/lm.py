@@ -2,11 +2,31 @@
 changing) mix, with sequence-length and batch-size ramps, and the pretraining objective with
 optional knowledge distillation and the MoE load-balancing term."""
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE = -100
+from herd.model.cross_entropy import IGNORE
+from herd.training.distributed import device
+from herd.training.precision import autocast
+
+
+@dataclass
+class RampStep:
+    """Use `value` until `until_tokens` training tokens have been seen (Llama 3.1's ramps)."""
+
+    until_tokens: int
+    value: int
+
+
+@dataclass
+class MixStep:
+    """From `from_step` on, draw domains with these weights."""
+
+    from_step: int
+    weights: dict[str, float]
 
 
 def ramp(schedule, tokens_seen: int, final: int) -> int:
@@ -115,9 +135,6 @@ class PretrainLoss:
 def domain_losses(model, streams: dict[str, np.ndarray], seq_len: int, windows: int,
                   precision: str = "bf16") -> dict[str, float]:
     """Mean next-token loss per domain on evenly spaced held-out windows (deterministic)."""
-    from herd.distributed import device
-    from herd.train import autocast
-
     out = {}
     for domain, stream in sorted(streams.items()):
         if len(stream) <= seq_len + 1:

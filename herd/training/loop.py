@@ -5,13 +5,12 @@ itself; the checkpoint holds the model, the AdamW state, the step and the RNG st
 at any point and restarted ends with the same weights as an uninterrupted one.
 """
 
-import hashlib
 import json
 import math
 import shutil
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,18 +19,13 @@ from omegaconf import OmegaConf
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from herd import distributed
 from herd.atomic import recover, swap_in
-from herd.config import TrainConfig
 from herd.errors import HerdError
-from herd.lm import IGNORE
-
-
-def autocast(precision: str):
-    """bf16 autocast with fp32 master weights (on this CPU's AMX, 1.5-2.3x faster than fp32)."""
-    if precision == "bf16":
-        return torch.autocast(distributed.device().type, dtype=torch.bfloat16)
-    return nullcontext()
+from herd.model.cross_entropy import IGNORE
+from herd.runtime.config import TrainRuntime
+from herd.training import distributed
+from herd.training.config import TrainConfig
+from herd.training.precision import autocast
 
 
 @contextmanager
@@ -103,11 +97,6 @@ def _load_state(folder: Path, model, opt, key: str) -> int:
     return int(meta["step"])
 
 
-def run_key(*parts) -> str:
-    """Identifies a run by everything that determines its result."""
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _size(batch: dict) -> int:
     """What a micro-batch's mean loss averages over: its target tokens, or else its rows."""
     if "labels" in batch:
@@ -144,7 +133,7 @@ def train(
     Under torchrun every rank takes its share of each micro-batch and DDP averages the gradients,
     so N processes compute the same update as one.
     """
-    tcfg = st.cfg.train
+    precision, tcfg = st.cfg.train.precision, st.cfg.runtime.train
     rank, world = distributed.rank(), distributed.world_size()
     dev = distributed.device()
     model.to(dev)
@@ -172,7 +161,7 @@ def train(
             for i, mb in enumerate(micro_batches):
                 mb = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in shard(mb, rank, world).items()}
                 # DDP all-reduces (averages) gradients on the last micro-batch only.
-                with distributed.no_sync(ddp, last=i == len(micro_batches) - 1), autocast(tcfg.precision):
+                with distributed.no_sync(ddp, last=i == len(micro_batches) - 1), autocast(precision):
                     loss, metrics = loss_fn(ddp, mb)
                 # Weighted so the accumulated, rank-averaged gradient is that of the whole batch's mean.
                 weight = _size(mb) * world / total
@@ -239,17 +228,18 @@ _PEAK: float | None = None
 @dataclass
 class LocalRun:
     """The part of a stage run the training loop needs, for using it outside a pipeline stage
-    (notebooks, benchmarks, tests): a name, the shared `train` params, a checkpoint folder and a
-    metrics sink that keeps what was logged."""
+    (notebooks, benchmarks, tests): a name, the `train` params and their runtime knobs, a
+    checkpoint folder and a metrics sink that keeps what was logged."""
 
     name: str
     folder: Path
     train: TrainConfig = field(default_factory=TrainConfig)
+    runtime: TrainRuntime = field(default_factory=TrainRuntime)
     logged: list = field(default_factory=list)
 
     @property
     def cfg(self):
-        return OmegaConf.create({"train": self.train})
+        return OmegaConf.create({"train": self.train, "runtime": {"train": self.runtime}})
 
     def checkpoint_dir(self) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)

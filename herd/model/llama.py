@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from herd.cross_entropy import linear_cross_entropy
 from herd.errors import HerdError
+from herd.model.cross_entropy import linear_cross_entropy
 
 
 @dataclass

@@ -11,7 +11,7 @@ SERVING_CODE = Path(__file__).with_name("serving.py")
 def register(st, checkpoint: Path, kind: str, name: str) -> str | None:
     """Log `checkpoint` as a pyfunc model in the stage's run, register it as `name`, point the
     alias at the new version and tag it with its lineage. Returns the version."""
-    tcfg = st.cfg.tracking
+    tcfg = st.cfg.runtime.tracking
     info = mlflow.pyfunc.log_model(
         name=kind, python_model=str(SERVING_CODE), artifacts={"checkpoint": str(checkpoint)},
         model_config={"kind": kind}, pip_requirements=["herd"],

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from herd.lm import IGNORE
+from herd.model.cross_entropy import IGNORE
 
 
 def sequence_logprobs(model, batch: dict) -> torch.Tensor:

@@ -14,9 +14,9 @@ import pandas as pd
 
 class HerdModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        from herd.chat import ChatFormat
-        from herd.model import load_checkpoint
-        from herd.tokens import load_tokenizer
+        from herd.data.tokens import load_tokenizer
+        from herd.model.llama import load_checkpoint
+        from herd.post.chat import ChatFormat
 
         folder = Path(context.artifacts["checkpoint"])
         self.kind = context.model_config["kind"]
@@ -24,8 +24,8 @@ class HerdModel(mlflow.pyfunc.PythonModel):
         self.fmt = ChatFormat(load_tokenizer(folder))
 
     def predict(self, context, model_input, params=None):
-        from herd.generate import sample
-        from herd.scoring import score_responses
+        from herd.post.generate import sample
+        from herd.post.scoring import score_responses
 
         prompts = _column(model_input, "prompt")
         if self.kind == "reward":

@@ -2,8 +2,8 @@
 
 import torch
 
-from herd.losses import rewards
-from herd.train import autocast
+from herd.post.losses import rewards
+from herd.training.precision import autocast
 
 
 @torch.no_grad()

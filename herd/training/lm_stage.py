@@ -5,11 +5,10 @@ import math
 import shutil
 from pathlib import Path
 
-from herd import distributed
-from herd.lm import PretrainLoss, WindowSampler, domain_losses
-from herd.model import save_checkpoint
-from herd.tokens import load_streams
-from herd.train import finish, run_key, train
+from herd.data.tokens import load_streams
+from herd.model.llama import save_checkpoint
+from herd.training.lm import PretrainLoss, WindowSampler, domain_losses
+from herd.training.loop import finish, train
 
 
 def eval_losses(st, model, streams, seq_len: int) -> dict[str, float]:
@@ -37,10 +36,9 @@ def train_lm(st, model, tokens_dir: Path, *, section, weights: dict[str, float],
     train_streams, val_streams = load_streams(tokens_dir, "train"), load_streams(tokens_dir, "validation")
     sampler = WindowSampler(train_streams, weights, section.seq_len, section.batch_size, st.seed,
                             steps=section.steps, eot_id=model.cfg.eot_id, **sampler_options)
-    key = run_key(st.name, dict(st.cfg), st.input_hashes, distributed.world_size())
     result = train(
         st, model, steps=section.steps, lr_at=lr_at, batch_at=sampler, loss_fn=loss_fn or PretrainLoss(),
-        weight_decay=section.weight_decay, grad_clip=section.grad_clip, key=key,
+        weight_decay=section.weight_decay, grad_clip=section.grad_clip, key=st.run_key(),
         eval_fn=lambda: eval_losses(st, model, val_streams, section.seq_len), on_step_end=on_step_end,
         flops_per_token=flops_per_token(model, section.seq_len),
     )

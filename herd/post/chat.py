@@ -7,8 +7,8 @@ A base model has never seen that format, so it is sampled in its pretraining for
 
 import torch
 
-from herd.lm import IGNORE
-from herd.tokens import ASSISTANT, END, EOT, PAD, USER, special_id
+from herd.data.tokens import ASSISTANT, END, EOT, PAD, USER, special_id
+from herd.model.cross_entropy import IGNORE
 
 
 class ChatFormat:

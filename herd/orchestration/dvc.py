@@ -1,0 +1,142 @@
+"""DVC's side of the recipe: dvc.yaml generated from herd/recipe.py, and what DVC says about it
+(the stage graph of `Repo.index`, which stages are stale and why).
+
+Each stage's code deps are the project files its module imports, followed transitively (package
+`__init__` files included, since importing runs them): editing a file reruns exactly the stages
+that import it, and their descendants.
+"""
+
+import ast
+from pathlib import Path
+
+import yaml
+
+from herd.errors import HerdError
+from herd.recipe import Stage
+
+HEADER = """\
+# Generated from herd/recipe.py by `herd dag --write`: do not edit (a test fails when it differs).
+# Per stage: the command (module, name, inputs by role), the code it imports, the outputs of the
+# stages it reads and the params sections it reads. Outputs persist: a stage replaces its folder
+# atomically on success, so a failed run leaves the last good output in place.
+"""
+PACKAGES = ("herd", "tasks")
+
+
+def _module_file(root: Path, module: str) -> str | None:
+    base = module.replace(".", "/")
+    for candidate in (f"{base}.py", f"{base}/__init__.py"):
+        if (root / candidate).is_file():
+            return candidate
+    return None
+
+
+def code_deps(root: Path, module: str) -> list[str]:
+    """Every project file that importing `module` runs, itself included."""
+    seen: set[str] = set()
+
+    def visit(name: str) -> None:
+        parts = name.split(".")
+        if parts[0] not in PACKAGES:
+            return
+        for i in range(1, len(parts) + 1):  # the packages on the way are imported too
+            file = _module_file(root, ".".join(parts[:i]))
+            if file and file not in seen:
+                seen.add(file)
+                if file.endswith(".py"):
+                    walk(file)
+
+    def walk(file: str) -> None:
+        for node in ast.walk(ast.parse((root / file).read_text(), file)):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    visit(alias.name)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                visit(node.module)
+                for alias in node.names:  # `from herd.data import corpus` imports a module
+                    if _module_file(root, f"{node.module}.{alias.name}"):
+                        visit(f"{node.module}.{alias.name}")
+
+    visit(module)
+    return sorted(seen)
+
+
+def stage_entry(root: Path, s: Stage) -> dict:
+    entry = {"cmd": s.cmd, "deps": code_deps(root, s.module) + [f"artifacts/{up}" for up in s.upstream]}
+    if s.sections:
+        entry["params"] = s.sections
+    entry["outs"] = [{f"artifacts/{s.name}": {"persist": True}}]
+    return entry
+
+
+def render(root: Path, steps: list[Stage]) -> str:
+    names = [s.name for s in steps]
+    for s in steps:
+        missing = [up for up in s.upstream if up not in names[: names.index(s.name)]]
+        if missing:
+            raise HerdError(f"recipe: stage {s.name} reads {', '.join(missing)}, which no earlier stage makes")
+        s.spec.check_roles(s.name, dict(s.inputs))
+    body = {"stages": {s.name: stage_entry(root, s) for s in steps}}
+    return HEADER + yaml.safe_dump(body, sort_keys=False, width=120)
+
+
+def is_current(root: Path, steps: list[Stage]) -> bool:
+    path = root / "dvc.yaml"
+    return path.is_file() and path.read_text() == render(root, steps)
+
+
+def write(root: Path, steps: list[Stage]) -> bool:
+    """Write dvc.yaml from the recipe; True when it changed."""
+    text = render(root, steps)
+    path = root / "dvc.yaml"
+    if path.is_file() and path.read_text() == text:
+        return False
+    path.write_text(text)
+    return True
+
+
+def graph(root: Path) -> dict[str, list[str]]:
+    """{stage: [upstream stages]} from DVC's own index, in dvc.yaml's order."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        order = [s.addressing for s in repo.index.stages]
+        dag = {name: [] for name in order}
+        for stage, upstream in repo.index.graph.edges:  # DVC's edges point from a stage to what it reads
+            dag[stage.addressing].append(upstream.addressing)
+    return {name: sorted(ups, key=order.index) for name, ups in dag.items()}
+
+
+def would_run(root: Path) -> list[str]:
+    """The stages `dvc repro` would run, in order: the stale ones and everything downstream."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        stale = set(repo.status())
+    pending: list[str] = []
+    for stage, upstream in graph(root).items():
+        if stage in stale or any(up in pending for up in upstream):
+            pending.append(stage)
+    return pending
+
+
+def why_stale(root: Path, stage: str) -> str | None:
+    """None when DVC considers the stage up to date, else a short reason."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        status = repo.status(targets=[stage])
+    if not status:
+        return None
+    lock = root / "dvc.lock"
+    if not lock.is_file() or stage not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}):
+        return "never run here"
+    reasons = []
+    for entry in next(iter(status.values())):
+        if isinstance(entry, str):
+            reasons.append(entry)
+            continue
+        for kind, changes in entry.items():
+            names = ", ".join(f"{k} {v}" for k, v in changes.items()) if isinstance(changes, dict) else str(changes)
+            reasons.append(f"{kind}: {names}")
+    return "; ".join(reasons)

@@ -1,0 +1,73 @@
+"""The Herd pipeline as a Prefect flow over DVC's graph of dvc.yaml (which herd/recipe.py generates).
+
+Each DVC stage becomes a Prefect task. A task first asks DVC whether its stage is up to date: if
+so it ends in a Completed state named "Skipped" (so the Prefect UI shows it as such); if not it
+runs `dvc repro --single-item <stage>`, which executes the stage and records it in dvc.lock. The
+flow holds a parent MLflow run; each stage's run is nested under it.
+"""
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.states import Completed
+
+from herd.errors import HerdError
+from herd.orchestration import dvc
+from herd.recipe import check_params
+from herd.runtime import tracking
+
+
+@task(retries=0)
+def run_stage(stage: str, root: str, parent_run_id: str | None):
+    logger = get_run_logger()
+    reason = dvc.why_stale(Path(root), stage)
+    if reason is None:
+        logger.info(f"{stage}: skipped (up to date)")
+        print(f"[herd] {stage:20s} skipped  (up to date)", flush=True)
+        return Completed(name="Skipped", message=f"{stage} is up to date")
+    print(f"[herd] {stage:20s} running  ({reason})", flush=True)
+    logger.info(f"{stage}: running ({reason})")
+    env = dict(os.environ)
+    if parent_run_id:
+        env[tracking.PARENT_RUN_ENV] = parent_run_id
+    started = time.time()
+    proc = subprocess.run(["dvc", "repro", "--single-item", stage], cwd=root, env=env)
+    if proc.returncode != 0:
+        raise HerdError(f"stage {stage} failed (exit {proc.returncode}); its previous output is untouched")
+    print(f"[herd] {stage:20s} done     in {time.time() - started:.1f}s", flush=True)
+    return Completed(name="Ran", message=f"{stage} ran: {reason}")
+
+
+@flow(name="herd-pipeline", log_prints=False)
+def pipeline(root: str = ".") -> dict[str, str]:
+    """Run every stage of dvc.yaml in dependency order, skipping the up-to-date ones."""
+    import mlflow
+
+    path = Path(root).resolve()
+    params = check_params(path)  # a malformed params.yaml fails here, before any work
+    dag = dvc.graph(path)
+    experiment_id = tracking.setup(params.runtime.tracking, path)
+    outcome = {}
+    with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags={"herd.stage": "pipeline"}) as run:
+        futures = {}
+        for stage, upstream in dag.items():  # dvc.yaml's order is a topological order of the recipe
+            futures[stage] = run_stage.with_options(name=stage).submit(
+                stage, str(path), run.info.run_id, wait_for=[futures[up] for up in upstream]
+            )
+            futures[stage].wait()  # one stage at a time: two `dvc repro` in one repo fail on DVC's lock
+            state = futures[stage].state
+            if state.is_failed():
+                outcome[stage] = "failed"
+                mlflow.set_tags({f"stage.{s}": o for s, o in outcome.items()})
+                futures[stage].result()  # re-raises the stage's error
+            outcome[stage] = "skipped" if state.name == "Skipped" else "ran"
+        mlflow.set_tags({f"stage.{s}": o for s, o in outcome.items()})
+        report = path / "artifacts" / "report" / "metrics.json"
+        if report.is_file():
+            metrics = json.loads(report.read_text())
+            mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
+    return outcome

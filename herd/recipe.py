@@ -1,0 +1,117 @@
+"""The recipe, declared once: every stage, the module it runs and the upstream stages it reads.
+
+Everything else is derived from this list. A stage module (tasks/<task>.py) declares the params
+sections it reads and the roles of its inputs (its `SPEC`); `dvc.yaml` is generated from both
+(`herd dag --write`; a test fails when the committed file differs), with each stage's code deps
+computed from its imports; the Prefect flow reads DVC's graph of that file. Post-training runs in
+`post.rounds` rounds (Llama 3): round r samples from round r-1's policy; stages of round r > 1 carry
+the suffix `_r<r>`, so adding a round adds stages and changes none.
+"""
+
+import importlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from herd.config import ParamError, load_sections
+from herd.errors import HerdError
+from herd.runtime.config import RuntimeConfig
+from herd.runtime.env import project_root
+
+
+@dataclass
+class PostConfig:
+    rounds: int = 1  # rejection_sample -> sft -> dpo, repeated; each round samples from the last policy
+
+    def check(self, root) -> None:
+        if self.rounds < 1:
+            raise ParamError("rounds", "must be at least 1")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    task: str  # runs `python -m tasks.<task>`
+    inputs: tuple[tuple[str, str], ...] = ()  # (role, upstream stage)
+
+    @property
+    def module(self) -> str:
+        return f"tasks.{self.task}"
+
+    @property
+    def upstream(self) -> list[str]:
+        return list(dict.fromkeys(stage for _, stage in self.inputs))
+
+    @property
+    def spec(self):
+        return importlib.import_module(self.module).SPEC
+
+    @property
+    def sections(self) -> list[str]:
+        return list(self.spec.params)
+
+    @property
+    def cmd(self) -> str:
+        return " ".join([f"python -m {self.module} --name {self.name}",
+                         *(f"--input {role}={stage}" for role, stage in self.inputs)])
+
+
+def stage(name: str, task: str | None = None, **inputs: str) -> Stage:
+    return Stage(name, task or name, tuple(inputs.items()))
+
+
+def recipe(rounds: int = 1) -> list[Stage]:
+    """The chain: data, pretraining, context extension, annealing, then post-training rounds and
+    one evaluation per model, gathered in a report."""
+    stages = [
+        stage("corpus"),
+        stage("filter", corpus="corpus"),
+        stage("tokenizer", filtered="filter"),
+        stage("pretrain", tokenizer="tokenizer"),
+        stage("extend", base="pretrain", tokenizer="tokenizer"),
+        stage("anneal", base="extend", tokenizer="tokenizer"),
+        stage("reward", base="anneal", filtered="filter"),
+    ]
+    evals = [stage(f"eval_{model}", "evaluate_base", model=model, tokenizer="tokenizer", corpus="corpus")
+             for model in ("pretrain", "extend", "anneal")]
+    evals.append(stage("eval_reward", "evaluate_reward", reward="reward", corpus="corpus"))
+    policy = "anneal"
+    for r in range(1, rounds + 1):
+        suffix = "" if r == 1 else f"_r{r}"
+        samples, sft, dpo = f"rejection_sample{suffix}", f"sft{suffix}", f"dpo{suffix}"
+        stages += [
+            stage(samples, "rejection_sample", policy=policy, reward="reward", filtered="filter"),
+            stage(sft, "sft", base="anneal", samples=samples),
+            stage(dpo, "dpo", policy=sft, samples=samples),
+        ]
+        evals += [
+            stage(f"eval_{sft}", "evaluate_policy", policy=sft, judge="reward", tokenizer="tokenizer", corpus="corpus"),
+            stage(f"eval_{dpo}", "evaluate_policy", policy=dpo, judge="reward", tokenizer="tokenizer", corpus="corpus",
+                  baseline=sft),
+        ]
+        policy = dpo
+    report = stage("report", **{e.name: e.name for e in evals})
+    return stages + evals + [report]
+
+
+def stages(root: Path | None = None) -> list[Stage]:
+    """The recipe as params.yaml shapes it (its `post.rounds`)."""
+    root = root or project_root()
+    return recipe(load_sections(root / "params.yaml", {"post": PostConfig}).post.rounds)
+
+
+def schemas(steps: list[Stage]) -> dict[str, type]:
+    """Every params section of the recipe with its schema, plus `post` and `runtime`."""
+    found: dict[str, type] = {"post": PostConfig, "runtime": RuntimeConfig}
+    for s in steps:
+        for section, schema in s.spec.params.items():
+            if found.setdefault(section, schema) is not schema:
+                raise HerdError(f"section '{section}' has two schemas: {found[section].__qualname__} and "
+                                f"{schema.__qualname__} ({s.module})")
+    return found
+
+
+def check_params(root: Path | None = None, overrides: list[str] = ()):
+    """The whole params.yaml validated: every section any stage reads, `post` and `runtime`;
+    a section nobody reads is an error (a typo would otherwise be ignored)."""
+    root = root or project_root()
+    return load_sections(root / "params.yaml", schemas(stages(root)), overrides, strict=True)
