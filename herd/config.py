@@ -16,7 +16,6 @@ from omegaconf.errors import OmegaConfBaseException
 
 from herd.errors import HerdError
 
-
 # The scalar sections' defaults (a dataclass section's defaults are its fields').
 SCALAR_DEFAULTS = {"seed": 1234}
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny copy of the project (same code, dvc.yaml and params schema, smaller
-numbers) in a temporary folder, so pipeline tests never touch the developer's artifacts."""
+"""Shared fixtures: a tiny copy of the project (same code and recipe, smaller numbers) in a
+temporary folder, so pipeline tests never touch the developer's artifacts."""
 
 import os
 import shutil
@@ -21,9 +21,10 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def make_project(folder: Path, overrides: dict | None = None) -> Path:
-    """A DVC project with the repository's code and dvc.yaml and the tiny params."""
-    for name in ("herd", "tasks", "flows"):
+def make_project(folder: Path, overrides: dict | None = None, git: bool = False) -> Path:
+    """A DVC project with the repository's code and dvc.yaml and the tiny params (in a git
+    repository of its own with `git`, as `dvc exp` needs)."""
+    for name in ("herd", "tasks"):
         shutil.copytree(REPO / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "dvc.yaml", folder / "dvc.yaml")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -31,7 +32,10 @@ def make_project(folder: Path, overrides: dict | None = None) -> Path:
                         overrides or {})
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = project_env(folder)
-    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=folder, env=env, check=True)
+    if git:
+        subprocess.run(["git", "init", "-q"], cwd=folder, env=env, check=True)
+        (folder / ".gitignore").write_text("/artifacts/\n/.herd/\n__pycache__/\n")
+    subprocess.run(["dvc", "init", "-q", *([] if git else ["--no-scm"])], cwd=folder, env=env, check=True)
     for option in ("core.analytics", "core.check_update"):  # offline, as the repository's .dvc/config
         subprocess.run(["dvc", "config", option, "false"], cwd=folder, env=env, check=True)
     return folder
@@ -43,6 +47,10 @@ def project_env(folder: Path) -> dict:
     for key in ("MLFLOW_TRACKING_URI", "PREFECT_HOME", "HERD_PARENT_RUN_ID"):
         env.pop(key, None)
     env["PYTHONPATH"] = str(folder)
+    env.setdefault("GIT_AUTHOR_NAME", "herd-tests")
+    env.setdefault("GIT_AUTHOR_EMAIL", "tests@herd.invalid")
+    env.setdefault("GIT_COMMITTER_NAME", "herd-tests")
+    env.setdefault("GIT_COMMITTER_EMAIL", "tests@herd.invalid")
     return env
 
 
@@ -77,9 +85,9 @@ def pipeline_project(tmp_path_factory) -> Path:
 def run_flow(project: Path, offline: bool = False) -> subprocess.CompletedProcess:
     """`herd run` in the project, as a user would; returns the finished process. Offline, it runs
     in a network namespace with only loopback up: any attempt to reach the network fails."""
-    cmd = ["python", "-m", "flows.pipeline", "run"]
+    cmd = ["python", "-m", "herd.cli", "run"]
     if offline:
-        cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up && exec python -m flows.pipeline run"]
+        cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up && exec python -m herd.cli run"]
     proc = subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

@@ -77,7 +77,7 @@ def render(root: Path, steps: list[Stage]) -> str:
             raise HerdError(f"recipe: stage {s.name} reads {', '.join(missing)}, which no earlier stage makes")
         s.spec.check_roles(s.name, dict(s.inputs))
     body = {"stages": {s.name: stage_entry(root, s) for s in steps}}
-    return HEADER + yaml.safe_dump(body, sort_keys=False, width=120)
+    return HEADER + yaml.safe_dump(body, sort_keys=False, width=1000)
 
 
 def is_current(root: Path, steps: list[Stage]) -> bool:
@@ -100,10 +100,10 @@ def graph(root: Path) -> dict[str, list[str]]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        order = [s.addressing for s in repo.index.stages]
+        order = [s.name for s in repo.index.stages]
         dag = {name: [] for name in order}
         for stage, upstream in repo.index.graph.edges:  # DVC's edges point from a stage to what it reads
-            dag[stage.addressing].append(upstream.addressing)
+            dag[stage.name].append(upstream.name)
     return {name: sorted(ups, key=order.index) for name, ups in dag.items()}
 
 
@@ -112,7 +112,7 @@ def would_run(root: Path) -> list[str]:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        stale = set(repo.status())
+        stale = {address.rpartition(":")[2] for address in repo.status()}  # "[path/dvc.yaml:]name"
     pending: list[str] = []
     for stage, upstream in graph(root).items():
         if stage in stale or any(up in pending for up in upstream):

@@ -1,0 +1,1 @@
+"""Post-training: the chat format, sampling, preference pairs, reward and DPO losses, scoring."""

@@ -1,0 +1,1 @@
+"""Runtime: knobs and machinery that never change a result (environment, tracking, registry, serving)."""

@@ -1,0 +1,172 @@
+"""The recipe, dvc.yaml and the flow are one DAG, and a stage reruns exactly when something it
+uses changed. Fast: outputs are recorded with `dvc commit` instead of being computed, and what
+would run is DVC's own answer."""
+
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from herd.orchestration import dvc
+from herd.recipe import recipe, schemas, stages
+from tests.conftest import REPO, make_project, project_env, set_param
+
+
+def descendants(names: list[str]) -> list[str]:
+    """`names` and every stage downstream of them, in recipe order."""
+    out: list[str] = []
+    for s in recipe():
+        if s.name in names or any(up in out for up in s.upstream):
+            out.append(s.name)
+    return out
+
+
+def write_stub_dvc_yaml(folder):
+    """dvc.yaml as herd generates it (code deps, upstream outputs, params), each command replaced
+    by a stub that writes a new output in no time, so the rerun rules are the real ones."""
+    text = dvc.render(folder, stages(folder))
+    (folder / "dvc.yaml").write_text(re.sub(
+        r"cmd: python -m tasks\.\w+ --name (\w+).*",
+        lambda m: f"cmd: mkdir -p artifacts/{m[1]} && date +%s%N > artifacts/{m[1]}/out.txt", text))
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """The tiny project in a git repository, every stage recorded in dvc.lock as up to date."""
+    folder = make_project(tmp_path_factory.mktemp("recipe"), git=True)
+    env = project_env(folder)
+    write_stub_dvc_yaml(folder)
+    for s in stages(folder):
+        (folder / "artifacts" / s.name).mkdir(parents=True)
+        (folder / "artifacts" / s.name / "out.txt").write_text(s.name)
+    subprocess.run(["dvc", "commit", "--force", "-q"], cwd=folder, env=env, check=True)
+    subprocess.run(["git", "add", "-A"], cwd=folder, env=env, check=True)
+    subprocess.run(["git", "commit", "-qm", "recorded"], cwd=folder, env=env, check=True)
+    return folder
+
+
+@pytest.fixture
+def restore(project):
+    """Undo a test's edits (the committed state is every stage up to date)."""
+    yield project
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=project, check=True)
+    subprocess.run(["dvc", "checkout", "--force", "-q"], cwd=project, env=project_env(project), check=True)
+
+
+def test_dvc_yaml_is_generated_from_the_recipe():
+    assert dvc.is_current(REPO, stages(REPO)), "dvc.yaml differs from herd/recipe.py: run `herd dag --write`"
+
+
+def test_declaration_dvc_yaml_and_flow_are_one_dag():
+    declared = {(s.name, up) for s in stages(REPO) for up in s.upstream}
+    flow = {(name, up) for name, ups in dvc.graph(REPO).items() for up in ups}
+    assert declared == flow
+    assert list(dvc.graph(REPO)) == [s.name for s in stages(REPO)]
+
+
+def test_every_stage_depends_on_exactly_the_files_it_imports():
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert dvc.code_deps(REPO, "tasks.filter") == [d for d in spec["filter"]["deps"] if not d.startswith("artifacts")]
+    assert "herd/data/minhash.py" in spec["filter"]["deps"]
+    importers = [name for name, entry in spec.items() if "herd/data/minhash.py" in entry["deps"]]
+    assert importers == ["filter"]  # the dedup index is the filter's alone
+    assert all("herd/recipe.py" not in entry["deps"] for entry in spec.values())
+
+
+def test_a_fresh_project_says_never_run_here(tmp_path):
+    folder = make_project(tmp_path)
+    assert {s.name: dvc.why_stale(folder, s.name) for s in stages(folder)} == \
+        {s.name: "never run here" for s in stages(folder)}
+
+
+def test_a_recorded_project_is_up_to_date(project):
+    assert dvc.would_run(project) == []
+
+
+@pytest.mark.parametrize("file, first", [
+    ("tasks/dpo.py", ["dpo"]),
+    ("herd/data/minhash.py", ["filter"]),
+    ("herd/evals/measures.py", ["eval_pretrain", "eval_extend", "eval_anneal", "eval_reward", "eval_sft",
+                                "eval_dpo"]),
+    ("herd/post/generate.py", ["rejection_sample", "eval_pretrain", "eval_extend", "eval_anneal", "eval_reward",
+                               "eval_sft", "eval_dpo"]),
+])
+def test_editing_code_reruns_its_importers_and_their_descendants(restore, file, first):
+    with open(restore / file, "a") as fh:
+        fh.write("\n# an edit\n")
+    assert dvc.would_run(restore) == descendants(first)
+
+
+def test_a_section_schema_is_imported_only_by_the_stages_that_read_it():
+    """So editing section Y's schema reruns only the readers of Y (and what they feed)."""
+    import inspect
+
+    spec = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for section, schema in schemas(stages(REPO)).items():
+        if not inspect.isclass(schema) or schema is int:
+            continue
+        file = inspect.getfile(schema).removeprefix(str(REPO) + "/")
+        importers = {name for name, entry in spec.items() if file in entry["deps"]}
+        readers = {name for name, entry in spec.items() if section in entry.get("params", [])}
+        if section == "runtime":
+            continue  # read by every stage, and no stage reruns for its values
+        assert importers <= readers, f"{file} (schema of {section}) is imported by {importers - readers}"
+
+
+def test_editing_the_dpo_schema_reruns_dpo_its_evaluation_and_the_report(restore):
+    path = restore / "tasks" / "dpo.py"
+    path.write_text(path.read_text().replace("    beta: float = 0.1", "    beta: float = 0.1  # edited"))
+    assert dvc.would_run(restore) == ["dpo", "eval_dpo", "report"]
+
+
+@pytest.mark.parametrize("knob, value", [
+    ("runtime.filter.workers", 1), ("runtime.filter.shard_size", 7), ("runtime.train.checkpoint_every", 3),
+    ("runtime.train.log_every", 1), ("runtime.train.nproc_per_node", 2), ("runtime.train.compile", True),
+    ("runtime.tracking.uri", "http://127.0.0.1:5000"), ("runtime.tracking.experiment", "other"),
+])
+def test_runtime_knobs_rerun_nothing(restore, knob, value):
+    set_param(restore, knob, value)
+    assert dvc.would_run(restore) == []
+
+
+@pytest.mark.parametrize("knob, value, first", [
+    ("dpo.beta", 0.2, ["dpo"]),
+    ("anneal.lr", 0.002, ["anneal"]),
+    ("evaluate.math_problems", 3, ["eval_pretrain", "eval_extend", "eval_anneal", "eval_reward", "eval_sft",
+                                   "eval_dpo"]),
+    ("filter.min_words", 6, ["filter"]),
+])
+def test_a_param_reruns_its_readers_and_their_descendants(restore, knob, value, first):
+    set_param(restore, knob, value)
+    assert dvc.would_run(restore) == descendants(first)
+
+
+def test_dpo_beta_reruns_dpo_its_evaluation_and_the_report(restore):
+    set_param(restore, "dpo.beta", 0.2)
+    assert dvc.would_run(restore) == ["dpo", "eval_dpo", "report"]
+
+
+def test_a_second_round_adds_only_its_stages(restore):
+    set_param(restore, "post.rounds", 2)
+    write_stub_dvc_yaml(restore)
+    round_two = ["rejection_sample_r2", "sft_r2", "dpo_r2", "eval_sft_r2", "eval_dpo_r2"]
+    # The report gathers every evaluation, so it gains the round's two.
+    assert dvc.would_run(restore) == round_two + ["report"]
+    graph = dvc.graph(restore)
+    assert set(graph["rejection_sample_r2"]) == {"filter", "reward", "dpo"}  # round 2 samples from round 1's policy
+    assert set(graph["dpo_r2"]) == {"sft_r2", "rejection_sample_r2"}
+
+
+def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):
+    """What `herd status` predicts is what `dvc repro` and `dvc exp run -S` run (the stubs run for real)."""
+    env = project_env(restore)
+    running = re.compile(r"Running stage '(\w+)'")
+    set_param(restore, "dpo.beta", 0.3)
+    herd = dvc.would_run(restore)
+    repro = subprocess.run(["dvc", "repro"], cwd=restore, env=env, capture_output=True, text=True, check=True)
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=restore, check=True)
+    subprocess.run(["dvc", "checkout", "--force", "-q"], cwd=restore, env=env, check=True)
+    exp = subprocess.run(["dvc", "exp", "run", "-S", "dpo.beta=0.3"], cwd=restore, env=env, capture_output=True,
+                         text=True, check=True)
+    assert herd == running.findall(repro.stdout) == running.findall(exp.stdout) == ["dpo", "eval_dpo", "report"]
