@@ -77,8 +77,9 @@ def pipeline_project(tmp_path_factory) -> Path:
     with no network but loopback when the machine allows it."""
     project = make_project(tmp_path_factory.mktemp("herd"))
     offline = can_cut_network()
-    run_flow(project, offline=offline)
+    proc = run_flow(project, offline=offline)
     (project / ".herd" / "first_run_offline").write_text(str(offline))
+    (project / ".herd" / "first_run.log").write_text(proc.stdout)
     return project
 
 

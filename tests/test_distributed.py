@@ -24,7 +24,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     single = load_file(str(weights))
     shutil.rmtree(project / "artifacts" / "pretrain")
 
-    set_param(project, "train.nproc_per_node", 2)
+    set_param(project, "runtime.train.nproc_per_node", 2)
     proc = subprocess.run([sys.executable, "-m", "tasks.pretrain"], cwd=project, env=env, capture_output=True,
                           text=True)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -9,12 +9,13 @@ import time
 
 import pytest
 
+from herd.recipe import recipe
 from tests.conftest import project_env, run_flow, set_param, stage_lines
+from tests.test_recipe import descendants
 
 pytestmark = pytest.mark.slow
 
-ALL = ["corpus", "filter", "tokenizer", "pretrain", "extend", "anneal", "reward", "rejection_sample", "sft",
-       "dpo", "evaluate"]
+ALL = [s.name for s in recipe()]
 
 
 def mlflow_client(project):
@@ -31,12 +32,18 @@ def test_first_run_completes_every_stage_with_its_contract(pipeline_project):
         manifest = json.loads((folder / "manifest.json").read_text())
         assert manifest["stage"] == stage and manifest["mlflow_run_id"]
         assert json.loads((folder / "metrics.json").read_text())
-    report = (pipeline_project / "artifacts" / "evaluate" / "report.md").read_text()
+    report = (pipeline_project / "artifacts" / "report" / "report.md").read_text()
     for stage in ("pretrain", "extend", "anneal", "sft", "dpo"):
         assert f"| {stage} |" in report
     # Pretraining learned something: held-out loss well below the corpus' unigram entropy.
     pre = json.loads((pipeline_project / "artifacts" / "pretrain" / "metrics.json").read_text())
     assert pre["val_loss_mean_len64"] < pre["unigram_entropy"]
+
+
+def test_first_run_explains_itself_and_runs_every_stage(pipeline_project):
+    log = (pipeline_project / ".herd" / "first_run.log").read_text()
+    for stage in ALL:
+        assert f"[herd] {stage:20s} running  (never run here)" in log
 
 
 def test_first_run_needed_no_network(pipeline_project):
@@ -57,11 +64,15 @@ def test_second_run_skips_every_stage(pipeline_project):
 
 def test_param_changes_rerun_exactly_their_descendants(pipeline_project):
     set_param(pipeline_project, "dpo.beta", 0.2)
-    assert [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"] == ["dpo", "evaluate"]
+    ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
+    assert ran == ["dpo", "eval_dpo", "report"]
+
+    set_param(pipeline_project, "runtime.train.log_every", 3)
+    assert stage_lines(run_flow(pipeline_project)) == {s: "skipped" for s in ALL}
 
     set_param(pipeline_project, "anneal.lr", 0.002)
     ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
-    assert ran == ["anneal", "reward", "rejection_sample", "sft", "dpo", "evaluate"]
+    assert ran == descendants(["anneal"])
 
     set_param(pipeline_project, "filter.min_words", 6)
     ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
