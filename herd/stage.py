@@ -266,7 +266,7 @@ def _parse_args(spec: StageSpec, task: str, argv: list[str]) -> tuple[str, dict[
     parser = argparse.ArgumentParser(
         prog=f"python -m tasks.{task}", formatter_class=argparse.RawDescriptionHelpFormatter,
         description=spec.doc.strip(),
-        epilog=f"input roles: {_roles(spec)}\nparams sections: {sections} (+ runtime)\n"
+        epilog=f"input roles: {_roles(spec)}\nparams sections: {sections or 'none'} (+ runtime)\n"
                "Without arguments, runs as the recipe's stage for this module (see `herd dag`).")
     parser.add_argument("--name", help="the stage's name (its output is artifacts/<name>)")
     parser.add_argument("--input", action="append", default=[], metavar="ROLE=STAGE",
