@@ -6,7 +6,8 @@ import json
 
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_tokenizer
-from herd.evals.measures import EvaluateConfig, answers, model_measures, win_rate
+from herd.evals.measures import EvaluateConfig, model_measures
+from herd.evals.preference import answers, win_rate
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
 from herd.stage import StageRun, StageSpec, main

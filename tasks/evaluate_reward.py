@@ -3,7 +3,8 @@ problems (a right worked solution against a wrong one)."""
 
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_tokenizer
-from herd.evals.measures import EvaluateConfig, reward_accuracy
+from herd.evals.measures import EvaluateConfig
+from herd.evals.preference import reward_accuracy
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
 from herd.stage import StageRun, StageSpec, main

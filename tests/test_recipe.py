@@ -91,6 +91,8 @@ def test_a_recorded_project_is_up_to_date(project):
                                 "eval_dpo"]),
     ("herd/post/generate.py", ["rejection_sample", "eval_pretrain", "eval_extend", "eval_anneal", "eval_reward",
                                "eval_sft", "eval_dpo"]),
+    # reward scoring: sampling, and the evaluations that need a judge (not the base models')
+    ("herd/post/scoring.py", ["rejection_sample", "eval_reward", "eval_sft", "eval_dpo"]),
 ])
 def test_editing_code_reruns_its_importers_and_their_descendants(restore, file, first):
     with open(restore / file, "a") as fh:

@@ -1,5 +1,5 @@
-"""Held-out measures of a model: loss by domain at two context lengths, passkey retrieval, math
-exact match, reward accuracy on preference pairs, win rate of one policy over another."""
+"""Held-out measures of any language model, base or policy: loss by domain at two context
+lengths, passkey retrieval, math exact match (preference measures: herd/evals/preference.py)."""
 
 from dataclasses import dataclass
 
@@ -9,8 +9,7 @@ from herd.config import ParamError
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_streams
 from herd.post.generate import sample
-from herd.post.preferences import final_answer, preference_pairs
-from herd.post.scoring import score_responses
+from herd.post.preferences import final_answer
 from herd.training.lm_stage import eval_losses
 
 
@@ -51,26 +50,6 @@ def passkey_accuracy(model, tok, docs, precision: str) -> float:
         out = tok.decode(greedy(model, tok.encode(doc["text"]).ids, 6, (), precision))
         hits += doc["answer"] in out.replace(" ", "")
     return round(hits / len(docs), 4)
-
-
-def reward_accuracy(judge, fmt, problems: list[dict], seed: int, precision: str) -> float:
-    """How often the reward model prefers the right solution of a held-out problem to a wrong one."""
-    pairs = preference_pairs(problems, len(problems), seed)
-    chosen = score_responses(judge, fmt, [(p["prompt"], p["chosen"]) for p in pairs], precision=precision)
-    rejected = score_responses(judge, fmt, [(p["prompt"], p["rejected"]) for p in pairs], precision=precision)
-    return round(sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs), 4)
-
-
-def answers(model, fmt, questions: list[str], max_new: int, precision: str) -> list[str]:
-    return [fmt.decode(greedy(model, fmt.prompt(q), max_new, fmt.stops, precision)) for q in questions]
-
-
-def win_rate(judge, fmt, questions: list[str], new: list[str], old: list[str], precision: str) -> float:
-    """Share of questions where the reward model scores `new` above `old` (ties count half)."""
-    a = score_responses(judge, fmt, list(zip(questions, new, strict=True)), precision=precision)
-    b = score_responses(judge, fmt, list(zip(questions, old, strict=True)), precision=precision)
-    wins = sum(1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b, strict=True))
-    return round(wins / len(questions), 4)
 
 
 def model_measures(st, model, tok, fmt, chat: bool) -> dict[str, float]:
