@@ -8,14 +8,16 @@
 """
 
 import argparse
+import os
 import sys
 import time
 
 import herd  # noqa: F401  (sets the offline environment before prefect and mlflow are imported)
 from herd.errors import HerdError
 from herd.orchestration import dvc
+from herd.orchestration.session import STAGES, exclusive_run
 from herd.recipe import check_params, stages
-from herd.runtime.env import project_root
+from herd.runtime.env import VERBOSE_ENV, project_root
 
 
 def sync_dvc_yaml(root) -> None:
@@ -25,13 +27,22 @@ def sync_dvc_yaml(root) -> None:
 
 
 def cmd_run(args) -> None:
-    from herd.orchestration.flow import pipeline
-
     root = project_root()
     check_params(root)
-    sync_dvc_yaml(root)
-    started = time.time()
-    outcome = pipeline(str(root))
+    if args.verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    else:  # Prefect's own log lines (and its tracebacks of a failed stage) only with --verbose
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    from herd.orchestration.flow import pipeline
+
+    with exclusive_run(root, wait=args.wait):
+        sync_dvc_yaml(root)
+        started = time.time()
+        try:
+            outcome = pipeline(str(root))
+        except KeyboardInterrupt:
+            raise HerdError(f"stopped by {STAGES.stopping or 'an interrupt'}: the running stage saved what it "
+                            "could resume from; finished stages and dvc.lock are as they were") from None
     ran = [s for s, o in outcome.items() if o == "ran"]
     print(f"[herd] pipeline finished in {time.time() - started:.0f}s: {len(ran)} ran, "
           f"{len(outcome) - len(ran)} skipped")
@@ -84,8 +95,10 @@ def main(argv: list[str] | None = None) -> None:
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="run the pipeline through Prefect (only the stages that changed)").set_defaults(
-        fn=cmd_run)
+    run = sub.add_parser("run", help="run the pipeline through Prefect (only the stages that changed)")
+    run.add_argument("--wait", action="store_true", help="queue behind a herd run already running in this checkout")
+    run.add_argument("--verbose", action="store_true", help="show Prefect's log and full tracebacks")
+    run.set_defaults(fn=cmd_run)
     sub.add_parser("status", help="list the stages that would run and why, without running them").set_defaults(
         fn=cmd_status)
     dag = sub.add_parser("dag", help="list the recipe's stages; --write regenerates dvc.yaml")

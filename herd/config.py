@@ -7,6 +7,7 @@ editing one reruns only the stages that read that section. A schema may define
 section. An unknown key, a wrong type or a failed check stops before any work, naming the key.
 """
 
+import math
 from dataclasses import field, is_dataclass, make_dataclass
 from pathlib import Path
 
@@ -70,3 +71,27 @@ def load_sections(path: Path, schemas: dict[str, type], overrides: list[str] = (
                 raise HerdError(f"params.yaml: {name}.{exc.key}: {exc.why}") from None
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def positive(section, *keys: str, within: str = "") -> None:
+    """Each key a finite number above zero (counts, lengths, learning rates). `within` prefixes
+    the key of a nested section in messages (e.g. "distill.")."""
+    for key in keys:
+        value = getattr(section, key)
+        if not (math.isfinite(value) and value > 0):
+            raise ParamError(within + key, f"must be a positive number, got {value}")
+
+
+def non_negative(section, *keys: str, within: str = "") -> None:
+    for key in keys:
+        value = getattr(section, key)
+        if not (math.isfinite(value) and value >= 0):
+            raise ParamError(within + key, f"must be zero or more, got {value}")
+
+
+def fraction(section, *keys: str, within: str = "") -> None:
+    """Each key a share, between 0 and 1."""
+    for key in keys:
+        value = getattr(section, key)
+        if not 0 <= value <= 1:
+            raise ParamError(within + key, f"must be between 0 and 1, got {value}")

@@ -12,7 +12,10 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
 from herd.config import ParamError, load_sections
+from herd.data.corpus import CorpusConfig
 from herd.errors import HerdError
 from herd.runtime.config import RuntimeConfig
 from herd.runtime.env import project_root
@@ -32,6 +35,7 @@ class Stage:
     name: str
     task: str  # runs `python -m tasks.<task>`
     inputs: tuple[tuple[str, str], ...] = ()  # (role, upstream stage)
+    data: tuple[str, ...] = ()  # files and folders outside the pipeline that it reads (local corpus sources)
 
     @property
     def module(self) -> str:
@@ -59,11 +63,11 @@ def stage(name: str, task: str | None = None, **inputs: str) -> Stage:
     return Stage(name, task or name, tuple(inputs.items()))
 
 
-def recipe(rounds: int = 1) -> list[Stage]:
+def recipe(rounds: int = 1, sources: tuple[str, ...] = ()) -> list[Stage]:
     """The chain: data, pretraining, context extension, annealing, then post-training rounds and
-    one evaluation per model, gathered in a report."""
+    one evaluation per model, gathered in a report. `sources` are the local corpus sources."""
     stages = [
-        stage("corpus"),
+        Stage("corpus", "corpus", data=tuple(sources)),
         stage("filter", corpus="corpus"),
         stage("tokenizer", filtered="filter"),
         stage("pretrain", tokenizer="tokenizer"),
@@ -94,9 +98,10 @@ def recipe(rounds: int = 1) -> list[Stage]:
 
 
 def stages(root: Path | None = None) -> list[Stage]:
-    """The recipe as params.yaml shapes it (its `post.rounds`)."""
+    """The recipe as params.yaml shapes it: its `post.rounds`, its local `corpus.sources`."""
     root = root or project_root()
-    return recipe(load_sections(root / "params.yaml", {"post": PostConfig}).post.rounds)
+    params = load_sections(root / "params.yaml", {"post": PostConfig, "corpus": CorpusConfig})
+    return recipe(params.post.rounds, tuple(OmegaConf.to_object(params.corpus).local_sources(root)))
 
 
 def schemas(steps: list[Stage]) -> dict[str, type]:
@@ -114,4 +119,8 @@ def check_params(root: Path | None = None, overrides: list[str] = ()):
     """The whole params.yaml validated: every section any stage reads, `post` and `runtime`;
     a section nobody reads is an error (a typo would otherwise be ignored)."""
     root = root or project_root()
-    return load_sections(root / "params.yaml", schemas(stages(root)), overrides, strict=True)
+    params = load_sections(root / "params.yaml", schemas(stages(root)), overrides, strict=True)
+    if params.extend.seq_len <= params.pretrain.seq_len:
+        raise HerdError(f"params.yaml: extend.seq_len: must be longer than pretrain.seq_len "
+                        f"({params.pretrain.seq_len}): the stage lengthens the context, got {params.extend.seq_len}")
+    return params

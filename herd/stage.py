@@ -22,6 +22,7 @@ import importlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -39,7 +40,7 @@ from herd.config import load_sections
 from herd.errors import HerdError
 from herd.runtime import tracking
 from herd.runtime.config import RuntimeConfig
-from herd.runtime.env import project_root, state_dir
+from herd.runtime.env import VERBOSE_ENV, project_root, state_dir
 from herd.training import distributed
 
 CODE_DIRS = ("herd", "tasks")
@@ -191,6 +192,7 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
     import mlflow
 
     experiment_id = tracking.setup(cfg.runtime.tracking, root)
+    tracking.close_abandoned_runs(experiment_id, name)
     parent = os.environ.get(tracking.PARENT_RUN_ENV) or None
     started = time.time()
     st = StageRun(name, cfg, root, tmp, input_dirs, input_hashes, "")
@@ -295,6 +297,8 @@ def main(spec: StageSpec, run: Callable[[StageRun], None]) -> None:
     A stage that can train data-parallel relaunches itself under torchrun when
     runtime.train.nproc_per_node > 1."""
     module = sys.modules["__main__"].__spec__.name
+    name = module.rpartition(".")[2]
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a stop request, handled like Ctrl-C
     try:
         name, inputs = _parse_args(spec, module.rpartition(".")[2], sys.argv[1:])
         if spec.distributed and "WORLD_SIZE" not in os.environ:
@@ -307,4 +311,15 @@ def main(spec: StageSpec, run: Callable[[StageRun], None]) -> None:
             run(st)
     except HerdError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"error: stage {name} stopped by a signal; its previous output is untouched", file=sys.stderr)
+        sys.exit(130)
+    except Exception as exc:  # a bug or a library failure: one line here, the traceback in a log
+        log = state_dir() / "logs" / f"{name}.traceback"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text(traceback.format_exc())
+        if os.environ.get(VERBOSE_ENV):
+            traceback.print_exc()
+        print(f"error: stage {name} failed: {type(exc).__name__}: {exc} (traceback in {log})", file=sys.stderr)
         sys.exit(2)

@@ -6,12 +6,12 @@ from dataclasses import dataclass, field
 import torch
 from safetensors.torch import load_file, save_file
 
-from herd.config import ParamError
+from herd.config import ParamError, positive
 from herd.data.domains import check_weights
 from herd.data.tokens import load_streams
 from herd.model.llama import load_checkpoint
 from herd.stage import StageRun, StageSpec, main
-from herd.training.config import TrainConfig
+from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm_stage import eval_losses, save_model, train_lm
 from herd.training.schedule import linear_to_zero
 
@@ -31,9 +31,12 @@ class AnnealConfig:
     average_every: int = 20
 
     def check(self, root) -> None:
+        check_optimization(self)
+        positive(self, "average_every")
         check_weights(self.mix, "mix")
-        if self.average_last < 1:
-            raise ParamError("average_last", "must be at least 1")
+        if self.average_last < 1 or (self.average_last - 1) * self.average_every > self.steps - 1:
+            raise ParamError("average_last", f"must be at least 1, and fit {self.average_last} checkpoints "
+                             f"{self.average_every} steps apart into {self.steps} steps")
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "tokenizer"),

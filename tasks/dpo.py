@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from herd.config import positive
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
@@ -14,7 +15,7 @@ from herd.post.chat import ChatFormat
 from herd.post.losses import dpo_loss, sequence_logprobs
 from herd.runtime.registry import register
 from herd.stage import StageRun, StageSpec, main
-from herd.training.config import TrainConfig
+from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm_stage import save_model
 from herd.training.loop import train
 from herd.training.schedule import warmup_cosine
@@ -30,6 +31,10 @@ class DPOConfig:
     warmup_steps: int = 5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+
+    def check(self, root) -> None:
+        check_optimization(self)
+        positive(self, "beta")
 
 
 SPEC = StageSpec(__doc__, inputs=("policy", "samples"), params={"seed": int, "train": TrainConfig, "dpo": DPOConfig})

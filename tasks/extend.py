@@ -4,11 +4,12 @@ original mix; the LR is re-warmed and re-decayed."""
 
 from dataclasses import dataclass, field
 
+from herd.config import fraction, positive
 from herd.data.domains import check_weights
 from herd.data.tokens import load_streams
 from herd.model.llama import load_checkpoint
 from herd.stage import StageRun, StageSpec, main
-from herd.training.config import TrainConfig
+from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm_stage import save_model, train_lm
 from herd.training.schedule import warmup_cosine
 
@@ -30,6 +31,9 @@ class ExtendConfig:
     replay_frac: float = 0.05  # share of the original short-context mix (continued-pretraining replay)
 
     def check(self, root) -> None:
+        check_optimization(self)
+        positive(self, "rope_base")
+        fraction(self, "replay_frac")
         check_weights(self.long_mix, "long_mix")
 
 

@@ -19,10 +19,10 @@ from herd.data.filter import (
     boilerplate_report,
     eval_ngrams,
     quality_report,
-    read_documents,
     train_classifiers,
     write_mix,
 )
+from herd.data.io import read_records
 from herd.plots import funnel_plot
 from herd.stage import StageRun, StageSpec, main
 
@@ -34,13 +34,13 @@ def run(st: StageRun) -> None:
     corpus = st.input("corpus")
     documents = corpus / "documents.parquet"
     total = pq.ParquetFile(documents).metadata.num_rows
-    quality, domains, report = train_classifiers(read_documents(documents), cfg, st.seed)
+    quality, domains, report = train_classifiers(read_records(documents), cfg, st.seed)
     quality.save(st.out / "classifiers", "quality")
     domains.save(st.out / "classifiers", "domain")
     evals = sorted((corpus / "evals").glob("math_test.jsonl")) + [st.root / f for f in cfg.decontam_files]
     scorer_args = (OmegaConf.to_container(cfg), eval_ngrams(evals, cfg.decontam_ngram), quality, domains)
     filt = FilterRun(cfg, st.out, kept_name=".kept", workers=runtime.workers, shard_size=runtime.shard_size)
-    filt.run(read_documents(documents), scorer_args, total)
+    filt.run(read_records(documents), scorer_args, total)
     st.metrics.update(filt.metrics())
     st.metrics.update(report)
     if cfg.quality_eval_files:

@@ -7,14 +7,14 @@ from pathlib import Path
 
 import torch
 
-from herd.config import ParamError
+from herd.config import ParamError, fraction, non_negative, positive
 from herd.data.domains import check_weights
 from herd.data.tokens import EOT, PAD, load_streams, load_tokenizer, special_id
 from herd.errors import HerdError
 from herd.model.llama import Llama, LlamaConfig, load_checkpoint
 from herd.stage import StageRun, StageSpec, main
 from herd.training import distributed
-from herd.training.config import TrainConfig
+from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm import MixStep, PretrainLoss, RampStep, unigram_entropy
 from herd.training.lm_stage import save_model, train_lm
 from herd.training.schedule import warmup_cosine, warmup_stable_decay
@@ -38,10 +38,12 @@ class ModelConfig:
     router_aux_loss_coef: float = 0.01  # weight of the load-balancing loss
 
     def check(self, root) -> None:
+        positive(self, "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "rope_base", "norm_eps", "init_std")
+        non_negative(self, "n_experts", "router_aux_loss_coef")
+        if self.dim % self.n_heads or (self.dim // self.n_heads) % 2:
+            raise ParamError("n_heads", f"must divide model.dim ({self.dim}) into heads of an even size (RoPE)")
         if self.n_heads % self.n_kv_heads:
-            raise ParamError("n_kv_heads", "must divide model.n_heads (grouped-query attention)")
-        if self.dim % self.n_heads:
-            raise ParamError("n_heads", "must divide model.dim")
+            raise ParamError("n_kv_heads", f"must divide model.n_heads ({self.n_heads}) (grouped-query attention)")
         if self.n_experts and (self.n_experts < 2 or not 1 <= self.experts_per_token <= self.n_experts):
             raise ParamError("n_experts", "a mixture needs at least 2 experts and at least experts_per_token of them")
 
@@ -75,6 +77,9 @@ class PretrainConfig:
     grad_clip: float = 1.0
 
     def check(self, root: Path) -> None:
+        check_optimization(self)
+        positive(self, "micro_batch_size")
+        fraction(self, "decay_frac")
         if self.schedule not in ("cosine", "wsd"):
             raise ParamError("schedule", f"'{self.schedule}' is not cosine or wsd")
         if self.batch_size % self.micro_batch_size:
@@ -88,6 +93,8 @@ class PretrainConfig:
                 raise ParamError(f"seq_len_ramp[{i}].value", "must be between 1 and pretrain.seq_len")
         for i, step in enumerate(self.mix_schedule):
             check_weights(step.weights, f"mix_schedule[{i}].weights")
+        fraction(self.distill, "weight", within="distill.")
+        positive(self.distill, "temperature", within="distill.")
         if self.distill.mode not in ("top1", "kl"):
             raise ParamError("distill.mode", f"'{self.distill.mode}' is not top1 or kl")
         if self.distill.teacher and not (root / self.distill.teacher / "config.json").is_file():

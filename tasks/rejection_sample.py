@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from herd.config import ParamError
+from herd.config import ParamError, non_negative, positive
 from herd.data.io import read_table, write_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.model.llama import load_checkpoint
@@ -29,6 +29,8 @@ class RejectionSampleConfig:
     verifier_bonus: float = 1.0  # added to the reward of a sample whose final answer checks out
 
     def check(self, root) -> None:
+        positive(self, "prompts", "max_new_tokens")
+        non_negative(self, "temperature", "top_k", "verifier_bonus")
         if self.k < 2:
             raise ParamError("k", "needs at least 2 samples per prompt to pick a best and a worst")
 

@@ -5,6 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
+from herd.config import ParamError, fraction, positive
 from herd.data.io import in_holdout, read_table, write_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
@@ -14,7 +15,7 @@ from herd.post.losses import bradley_terry_loss, rewards
 from herd.post.preferences import math_problems, preference_pairs
 from herd.runtime.registry import register
 from herd.stage import StageRun, StageSpec, main
-from herd.training.config import TrainConfig
+from herd.training.config import TrainConfig, check_optimization
 from herd.training.loop import finish, train
 from herd.training.precision import autocast
 from herd.training.schedule import warmup_cosine
@@ -56,6 +57,14 @@ class RewardConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+
+    def check(self, root) -> None:
+        check_optimization(self)
+        positive(self, "pairs")
+        fraction(self, "heldout_frac")
+        if not 0 < self.heldout_frac < 1:
+            raise ParamError("heldout_frac", f"must leave pairs to train on and to hold out (0 < frac < 1), got "
+                             f"{self.heldout_frac}")
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "filtered"),

@@ -11,7 +11,7 @@ from herd.errors import HerdError
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
 from herd.stage import StageRun, StageSpec, main
-from herd.training.config import TrainConfig
+from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm import lm_loss
 from herd.training.lm_stage import save_model
 from herd.training.loop import train
@@ -28,6 +28,9 @@ class SFTConfig:
     warmup_steps: int = 5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+
+    def check(self, root) -> None:
+        check_optimization(self)
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "samples"), params={"seed": int, "train": TrainConfig, "sft": SFTConfig})

@@ -4,7 +4,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from herd.config import ParamError
+from herd.config import ParamError, positive
 from herd.data.io import read_table
 from herd.data.tokens import save_tokenizer, tokenize_stream, train_tokenizer
 from herd.stage import StageRun, StageSpec, main
@@ -19,6 +19,7 @@ class TokenizerConfig:
     )
 
     def check(self, root) -> None:
+        positive(self, "min_frequency")
         if self.vocab_size < 256 + len(self.special_tokens):
             raise ParamError("vocab_size", f"must be at least {256 + len(self.special_tokens)} "
                                            "(the 256 bytes and the special tokens)")

@@ -20,10 +20,9 @@ from herd.data.filter import (
     boilerplate_report,
     eval_ngrams,
     quality_report,
-    read_documents,
     train_classifiers,
 )
-from herd.data.io import read_table
+from herd.data.io import read_records, read_table
 from tests.conftest import REPO, SHARED_DATA
 
 CFG = OmegaConf.structured(FilterConfig())
@@ -142,7 +141,7 @@ def test_malformed_records_are_counted_not_fatal(classifiers, tmp_path):
     source = tmp_path / "in.jsonl"
     source.write_text('{"id": "a", "text": "fine text that is long enough to keep, with the words."}\n'
                       '{"id": "b", "body": "wrong field"}\n{not json\n[1, 2]\n{"id": "e", "text": "   "}\n')
-    _, rejects, _ = run_filter(list(read_documents(source)), classifiers, tmp_path / "out",
+    _, rejects, _ = run_filter(list(read_records(source)), classifiers, tmp_path / "out",
                                cfg=OmegaConf.merge(CFG, {"quality_domains": [], "web_min_words": 5}))
     assert "a" not in rejects
     assert rejects["b"] == "missing_text" and rejects["in.jsonl:3"] == "unreadable_record"

@@ -14,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from herd.config import ParamError
+from herd.config import ParamError, non_negative, positive
 from herd.data.domains import check_domain
+from herd.data.io import is_local
 
 NAMES = ["Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jonas", "Kemi", "Liam",
          "Maya", "Noah", "Olga", "Pablo", "Quinn", "Rosa", "Sami", "Tara", "Umar", "Vera", "Wen", "Yusuf"]
@@ -33,6 +34,7 @@ class SourceConfig:
     text_field: str = "text"
     split: str = "train"
     name: str | None = None  # the hub dataset's config name
+    revision: str | None = None  # a hub dataset's commit (default: the one `main` points at, recorded in the lineage)
     limit: int | None = None  # read at most this many records
 
 
@@ -50,11 +52,18 @@ class CorpusConfig:
     web_pages: int = 1500  # generated low-quality pages the filter must remove
     sources: list[SourceConfig] = field(default_factory=list)
 
+    def local_sources(self, root: Path) -> list[str]:
+        """The local source files and folders (dependencies of the corpus stage)."""
+        return [s.path for s in self.sources if is_local(s.path, root)]
+
     def check(self, root: Path) -> None:
+        non_negative(self, "code_files", "prose_docs", "math_problems", "passkey_docs", "web_pages")
+        positive(self, "math_test_problems", "passkey_test_docs", "passkey_words")
         for i, src in enumerate(self.sources):
             check_domain(src.domain, f"sources[{i}].domain")
-            looks_local = src.path.startswith((".", "/")) or src.path.endswith((".json", ".jsonl", ".gz", ".parquet"))
-            if looks_local and not (root / src.path).exists():
+            if src.limit is not None and src.limit < 1:
+                raise ParamError(f"sources[{i}].limit", f"must be at least 1, got {src.limit}")
+            if is_local(src.path, root) and not (root / src.path).exists():
                 raise ParamError(f"sources[{i}].path", f"input file {root / src.path} does not exist")
 
 

@@ -11,8 +11,6 @@ other column carried along. The pipeline stage is tasks/filter.py; the same rule
 `herd filter` (herd/data/filter_cli.py).
 """
 
-import gzip
-import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
@@ -24,7 +22,7 @@ import pyarrow.parquet as pq
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
-from herd.config import ParamError
+from herd.config import ParamError, fraction, non_negative, positive
 from herd.data import rules as filters
 from herd.data.classifier import TextClassifier
 from herd.data.domains import check_domain, check_weights
@@ -88,6 +86,22 @@ class FilterConfig:
     validation_frac: float = 0.05
 
     def check(self, root: Path) -> None:
+        non_negative(self, "min_words", "web_min_words", "min_stopwords", "repetition_min_words", "code_min_lines",
+                     "minhash_min_words", "max_symbol_ratio")
+        positive(self, "max_words", "min_mean_word_len", "max_mean_word_len", "code_max_line_len", "classifier_docs",
+                 "classifier_epochs", "minhash_ngram", "minhash_bands", "minhash_rows", "decontam_ngram", "max_repeats")
+        fraction(self, "max_digit_frac", "min_alpha_word_frac", "math_min_alpha_word_frac", "max_duplicate_line_frac",
+                 "max_duplicate_paragraph_frac", "max_bullet_line_frac", "max_ellipsis_line_frac", "max_nonascii_frac",
+                 "quality_threshold", "minhash_threshold", "starved_ratio", "validation_frac")
+        if self.min_mean_word_len >= self.max_mean_word_len:
+            raise ParamError("min_mean_word_len", f"must be below max_mean_word_len ({self.max_mean_word_len})")
+        if self.validation_frac == 1:
+            raise ParamError("validation_frac", "must leave documents to train on (below 1)")
+        for key in ("max_top_ngram_frac", "max_duplicate_ngram_frac"):
+            for n, frac in getattr(self, key).items():
+                if n < 1 or not 0 <= frac <= 1:
+                    raise ParamError(f"{key}.{n}", f"needs an n-gram size of at least 1 and a share in [0, 1], "
+                                                   f"got {frac}")
         for key in ("decontam_files", "quality_eval_files", "boilerplate_eval_files"):
             for i, path in enumerate(getattr(self, key)):
                 if not (root / path).exists():
@@ -105,45 +119,6 @@ FUNNEL = ("input", "heuristics", "quality", "decontamination", "exact_dedup", "n
 
 
 # ---------------------------------------------------------------- reading
-
-
-def read_documents(path: Path, text_field: str = "text", batch: int = 1000) -> Iterator[dict]:
-    """Records of a jsonl(.gz) or parquet file, or of every such file in a folder. A line that is
-    not a JSON object becomes a record with no text and a `read_error`, so it is counted, not fatal."""
-    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    files = [f for f in files if f.name.endswith((".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet"))]
-    if not files:
-        raise HerdError(f"no .jsonl, .jsonl.gz or .parquet input at {path}")
-    for file in files:
-        if file.suffix == ".parquet":
-            for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch):
-                for i, row in enumerate(record_batch.to_pylist()):
-                    yield _with_text(row, text_field, f"{file.name}:{i}")
-            continue
-        opener = gzip.open if file.suffix == ".gz" else open
-        with opener(file, "rt", encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise ValueError("not an object")
-                except ValueError as exc:
-                    yield {"id": f"{file.name}:{n}", "text": None, "domain": "web",
-                           "read_error": f"corrupt line {n}: {exc}"}
-                    continue
-                yield _with_text(row, text_field, f"{file.name}:{n}")
-
-
-def _with_text(row: dict, text_field: str, fallback_id: str) -> dict:
-    row = dict(row)
-    if text_field != "text":
-        row["text"] = row.pop(text_field, None)
-    row.setdefault("id", fallback_id)
-    row["id"] = str(row["id"])
-    row.setdefault("domain", "web")
-    return row
 
 
 def shards(rows: Iterable[dict], size: int) -> Iterator[list[dict]]:

@@ -16,7 +16,8 @@ from omegaconf import OmegaConf
 from herd.config import load_sections
 from herd.data import corpus
 from herd.data.classifier import TextClassifier
-from herd.data.filter import FilterConfig, FilterRun, eval_ngrams, read_documents, train_classifiers
+from herd.data.filter import FilterConfig, FilterRun, eval_ngrams, train_classifiers
+from herd.data.io import read_records
 from herd.errors import HerdError
 from herd.runtime.config import RuntimeConfig
 from herd.runtime.env import project_root
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
         quality, domains, _ = train_classifiers(corpus.builtin_corpus(params.corpus, params.seed), cfg, params.seed)
 
     def docs():
-        for doc in read_documents(args.input, args.text_field):
+        for doc in read_records(args.input, args.text_field):
             doc["domain"] = doc.get("domain") if args.domain == "keep" else args.domain
             yield doc
 

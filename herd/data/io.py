@@ -12,38 +12,102 @@ import pyarrow.parquet as pq
 
 from herd.errors import HerdError
 
-LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+RECORD_FILES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
 
 
-def _local_format(path: str) -> str | None:
-    suffixes = [s for s in Path(path).suffixes if s != ".gz"]
-    return LOCAL_FORMATS.get(suffixes[-1]) if suffixes else None
+def read_records(path: Path, text_field: str = "text", batch: int = 1000) -> Iterator[dict]:
+    """Records of a jsonl(.gz)/json(.gz)/parquet file, or of every such file in a folder. A record
+    that cannot be read (not JSON, not UTF-8, not an object, a `text` that is not a string) becomes
+    a record with no text and a `read_error` naming its line and cause: counted, never fatal."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    files = [f for f in files if f.name.endswith(RECORD_FILES)]
+    if not files:
+        raise HerdError(f"no .jsonl, .jsonl.gz, .json or .parquet input at {path}")
+    for file in files:
+        if file.suffix == ".parquet":
+            for record_batch in pq.ParquetFile(file).iter_batches(batch_size=batch):
+                for i, row in enumerate(record_batch.to_pylist()):
+                    yield _record(row, text_field, f"{file.name}:{i}", f"row {i}")
+            continue
+        opener = gzip.open if file.suffix == ".gz" else open
+        with opener(file, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw.decode("utf-8"))
+                    if not isinstance(row, dict):
+                        raise ValueError(f"a JSON {type(row).__name__}, not an object")
+                except UnicodeDecodeError as exc:
+                    yield _unreadable(f"{file.name}:{n}", f"line {n}: not UTF-8 ({exc.reason} at byte {exc.start})")
+                    continue
+                except ValueError as exc:
+                    yield _unreadable(f"{file.name}:{n}", f"line {n}: not a JSON object ({exc})")
+                    continue
+                yield _record(row, text_field, f"{file.name}:{n}", f"line {n}")
 
 
-def load_source(source) -> Iterator[dict]:
-    """Records of one configured source: a local json/jsonl(.gz)/parquet file or a hub dataset
-    name, read with `datasets.load_dataset`. Each record gets `text`, `domain` and `source`."""
+def _unreadable(record_id: str, why: str) -> dict:
+    return {"id": record_id, "text": None, "domain": "web", "read_error": why}
+
+
+def _record(row: dict, text_field: str, fallback_id: str, where: str) -> dict:
+    text = row.get(text_field)
+    record = {k: _jsonable(v) for k, v in row.items() if k != text_field}
+    record.setdefault("id", fallback_id)
+    record["id"] = str(record["id"])
+    record.setdefault("domain", "web")
+    if text is not None and not isinstance(text, str):
+        record.update(text=None, read_error=f"{where}: field '{text_field}' is a {type(text).__name__}, not text")
+    else:
+        record["text"] = text
+    return record
+
+
+def is_local(path: str, root: Path) -> bool:
+    """A source path names a local file or folder (else a hub dataset): it starts with . or /, has
+    a record file's suffix, or its first folder exists here."""
+    first = Path(path).parts[0] if Path(path).parts else ""
+    return path.startswith((".", "/")) or path.endswith(RECORD_FILES) or (root / first).is_dir()
+
+
+def load_source(source, root: Path, revision: str | None = None) -> Iterator[dict]:
+    """Records of one configured source, each with `text`, `domain` and `source`: a local
+    file or folder read record by record (see `read_records`), or a hub dataset through
+    `datasets.load_dataset` at `revision` (set `HF_HUB_OFFLINE=1` to forbid any lookup)."""
+    if is_local(source.path, root):
+        records = read_records(root / source.path, source.text_field)
+    else:
+        records = _hub_records(source, revision)
+    for i, record in enumerate(records):
+        if source.limit is not None and i >= source.limit:
+            break
+        yield {**record, "domain": source.domain, "source": source.path}
+
+
+def hub_revision(source) -> str:
+    """The commit a hub source resolves to, for the lineage (`revision` pins it in params)."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi().dataset_info(source.path, revision=source.revision).sha
+    except Exception as exc:  # offline, unknown name, no access: the user needs the source and the cause
+        raise HerdError(f"cannot resolve hub source '{source.path}': {type(exc).__name__}: {exc}") from None
+
+
+def _hub_records(source, revision: str | None) -> Iterator[dict]:
     import datasets
 
-    fmt = _local_format(source.path)
     try:
-        if fmt:
-            ds = datasets.load_dataset(fmt, data_files=str(source.path), split="train")
-        else:
-            ds = datasets.load_dataset(source.path, source.name, split=source.split)
+        ds = datasets.load_dataset(source.path, source.name, split=source.split, revision=revision)
     except Exception as exc:  # datasets raises many types; the user needs the source and the cause
         raise HerdError(f"cannot load source '{source.path}': {type(exc).__name__}: {exc}") from None
     if source.text_field not in ds.column_names:
         raise HerdError(
             f"source '{source.path}' has no field '{source.text_field}' (fields: {', '.join(ds.column_names)})"
         )
-    for i, record in enumerate(ds):
-        if source.limit is not None and i >= source.limit:
-            break
-        record = dict(record)
-        text = record.pop(source.text_field)
-        yield {"id": str(record.pop("id", f"{source.path}/{i}")), "text": text, "domain": source.domain,
-               "source": source.path, **{k: _jsonable(v) for k, v in record.items()}}
+    for i, row in enumerate(ds):
+        yield _record(row, source.text_field, f"{source.path}/{i}", f"record {i}")
 
 
 def _jsonable(value):

@@ -62,7 +62,7 @@ def code_deps(root: Path, module: str) -> list[str]:
 
 
 def stage_entry(root: Path, s: Stage) -> dict:
-    entry = {"cmd": s.cmd, "deps": code_deps(root, s.module) + [f"artifacts/{up}" for up in s.upstream]}
+    entry = {"cmd": s.cmd, "deps": code_deps(root, s.module) + [f"artifacts/{up}" for up in s.upstream] + list(s.data)}
     if s.sections:
         entry["params"] = s.sections
     entry["outs"] = [{f"artifacts/{s.name}": {"persist": True}}]
@@ -125,7 +125,7 @@ def why_stale(root: Path, stage: str) -> str | None:
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        status = repo.status(targets=[stage])
+        status = repo.status(targets=[f"{root / 'dvc.yaml'}:{stage}"])  # a bare name resolves against the cwd
     if not status:
         return None
     lock = root / "dvc.lock"

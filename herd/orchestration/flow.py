@@ -8,7 +8,6 @@ flow holds a parent MLflow run; each stage's run is nested under it.
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,9 +15,10 @@ from prefect import flow, get_run_logger, task
 from prefect.states import Completed
 
 from herd.errors import HerdError
-from herd.orchestration import dvc
+from herd.orchestration import dvc, session
 from herd.recipe import check_params
 from herd.runtime import tracking
+from herd.runtime.env import state_dir
 
 
 @task(retries=0)
@@ -35,9 +35,12 @@ def run_stage(stage: str, root: str, parent_run_id: str | None):
     if parent_run_id:
         env[tracking.PARENT_RUN_ENV] = parent_run_id
     started = time.time()
-    proc = subprocess.run(["dvc", "repro", "--single-item", stage], cwd=root, env=env)
-    if proc.returncode != 0:
-        raise HerdError(f"stage {stage} failed (exit {proc.returncode}); its previous output is untouched")
+    log = state_dir(Path(root)) / "logs" / f"{stage}.log"
+    code = session.STAGES.run(["dvc", "repro", "--single-item", stage], root, env, log)
+    if session.STAGES.stopping:
+        raise KeyboardInterrupt
+    if code != 0:
+        raise HerdError(f"stage {stage} failed (exit {code}); its previous output is untouched; full log: {log}")
     print(f"[herd] {stage:20s} done     in {time.time() - started:.1f}s", flush=True)
     return Completed(name="Ran", message=f"{stage} ran: {reason}")
 
@@ -51,8 +54,10 @@ def pipeline(root: str = ".") -> dict[str, str]:
     params = check_params(path)  # a malformed params.yaml fails here, before any work
     dag = dvc.graph(path)
     experiment_id = tracking.setup(params.runtime.tracking, path)
+    tracking.close_abandoned_runs(experiment_id, "pipeline")
     outcome = {}
-    with mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags={"herd.stage": "pipeline"}) as run:
+    with session.stop_on_signals(), \
+            mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags={"herd.stage": "pipeline"}) as run:
         futures = {}
         for stage, upstream in dag.items():  # dvc.yaml's order is a topological order of the recipe
             futures[stage] = run_stage.with_options(name=stage).submit(

@@ -24,11 +24,15 @@ class TrainRuntime:
     log_every: int = 10
     nproc_per_node: int = 1  # >1 relaunches pretraining under torchrun (DDP computes the same update)
     compile: bool = False  # torch.compile the decoder blocks: faster steps after a compile (pays off on long runs)
+    # stop a stage whose smoothed loss rises above this multiple of its best (0: off)
+    divergence_factor: float = 3.0
 
     def check(self, root) -> None:
         for key in ("checkpoint_every", "log_every", "nproc_per_node"):
             if getattr(self, key) < 1:
                 raise ParamError(f"train.{key}", "must be at least 1")
+        if not (self.divergence_factor == 0 or self.divergence_factor > 1):
+            raise ParamError("train.divergence_factor", f"must be 0 (off) or above 1, got {self.divergence_factor}")
 
 
 @dataclass

@@ -19,6 +19,9 @@ OFFLINE = {
 }
 
 
+VERBOSE_ENV = "HERD_VERBOSE"  # set by `herd run --verbose`: stages print full tracebacks
+
+
 def project_root(start: Path | None = None) -> Path:
     """The nearest folder at or above `start` (default: cwd) that holds params.yaml."""
     here = (start or Path.cwd()).resolve()

@@ -37,6 +37,17 @@ def setup(tracking_cfg, root: Path) -> str:
     return mlflow.create_experiment(tracking_cfg.experiment, artifact_location=location)
 
 
+def close_abandoned_runs(experiment_id: str, stage: str) -> None:
+    """Runs of `stage` still RUNNING belong to a process killed without a chance to close them
+    (SIGKILL, power loss): mark them FAILED before a new one starts."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    for run in client.search_runs([experiment_id], f"tags.`herd.stage` = '{stage}' and attributes.status = 'RUNNING'"):
+        client.set_tag(run.info.run_id, "herd.error", "abandoned: its process ended without closing the run")
+        client.set_terminated(run.info.run_id, "FAILED")
+
+
 def flatten(d, prefix: str = "") -> dict[str, str]:
     out = {}
     for key, value in d.items():

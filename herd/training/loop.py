@@ -8,6 +8,8 @@ at any point and restarted ends with the same weights as an uninterrupted one.
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -149,7 +151,8 @@ def train(
     t0, tokens = time.time(), 0
     bar = tqdm(range(start, steps), desc=st.name, unit="step", initial=start, total=steps, mininterval=2,
                disable=rank != 0)
-    with compiled_blocks(model, tcfg.compile):
+    guard = DivergenceGuard(tcfg.divergence_factor)
+    with compiled_blocks(model, tcfg.compile), deferred_interrupts() as stop:
         for step in bar:
             lr = lr_at(step)
             for group in opt.param_groups:
@@ -171,6 +174,10 @@ def train(
             if not math.isfinite(loss_sum):
                 raise HerdError(f"{st.name}: loss became {loss_sum} at step {step}; "
                                 f"lower {st.name}.lr or check the input data")
+            if guard.diverged(loss_sum, step):
+                raise HerdError(f"{st.name}: diverged at step {step}: smoothed loss {guard.ema:.3f} is over "
+                                f"{guard.factor}x its best {guard.best:.3f}; lower {st.name}.lr "
+                                f"(runtime.train.divergence_factor sets the threshold)")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -194,6 +201,11 @@ def train(
                 if rank == 0:
                     _save_state(ckpt, model, opt, done, key)
                 distributed.barrier()
+            if stop and done < steps:  # SIGINT/SIGTERM: keep this step's state, then stop
+                if rank == 0:
+                    _save_state(ckpt, model, opt, done, key)
+                    print(f"[{st.name}] stopped at step {done}/{steps}; the next run resumes from here", flush=True)
+                raise KeyboardInterrupt
     model.eval()
     elapsed = max(1e-9, time.time() - t0)
     result = {"final_loss": history.get("loss", float("nan")), "tokens_per_s": round(tokens / elapsed, 1)}
@@ -201,6 +213,40 @@ def train(
         result["mfu"] = round(tokens / elapsed * flops_per_token / (peak * world), 4)
         result["peak_flops"] = peak
     return result
+
+
+class DivergenceGuard:
+    """Flags a finite blow-up: the loss's moving average far above its best (NaN is caught apart).
+    The first steps only set the baseline."""
+
+    def __init__(self, factor: float, after: int = 10, decay: float = 0.9):
+        self.factor, self.after, self.decay = factor, after, decay
+        self.ema: float | None = None
+        self.best = math.inf
+
+    def diverged(self, loss: float, step: int) -> bool:
+        self.ema = loss if self.ema is None else self.decay * self.ema + (1 - self.decay) * loss
+        if step < self.after or not self.factor:
+            return False
+        self.best = min(self.best, self.ema)
+        return self.ema > self.factor * self.best
+
+
+@contextmanager
+def deferred_interrupts():
+    """SIGINT/SIGTERM during training take effect between steps (the yielded list becomes true), so
+    the stop can save a consistent checkpoint. Outside the main thread signals cannot be caught."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    previous = {s: signal.signal(s, lambda signum, frame: received.append(signum))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def measured_peak_flops() -> float:
