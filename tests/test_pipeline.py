@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -151,3 +152,78 @@ def test_killed_stage_leaves_output_and_lock_untouched_and_resumes_exactly(pipel
     uninterrupted = load_file(str(out / "model" / "model.safetensors"))
     assert resumed.keys() == uninterrupted.keys()
     assert all((resumed[k] == uninterrupted[k]).all() for k in resumed)
+
+
+def herd_run_background(project, log):
+    return subprocess.Popen([sys.executable, "-m", "herd.cli", "run"], cwd=project, env=project_env(project),
+                            stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def test_sigterm_stops_herd_run_within_seconds_and_the_next_run_resumes(pipeline_project):
+    import psutil
+    from mlflow.entities import RunStatus
+
+    project = pipeline_project
+    model = project / "artifacts" / "pretrain" / "model" / "model.safetensors"
+    before, lock_before = model.read_bytes(), (project / "dvc.lock").read_text()
+    set_param(project, "pretrain.steps", 900)
+    state = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
+    proc = herd_run_background(project, project / "sigterm.log")
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (
+            state.exists() and json.loads(state.read_text())["step"] >= 10):
+        time.sleep(0.2)
+    assert proc.poll() is None, (project / "sigterm.log").read_text()[-3000:]
+    started = psutil.Process(proc.pid).children(recursive=True)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    log = (project / "sigterm.log").read_text()
+    assert time.time() - sent < 30, log[-3000:]
+    assert proc.returncode == 2 and "error: stopped by SIGTERM" in log and "Traceback" not in log
+    assert model.read_bytes() == before and (project / "dvc.lock").read_text() == lock_before
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    client = mlflow_client(project)
+    runs = client.search_runs([client.get_experiment_by_name("herd").experiment_id],
+                              "tags.`herd.stage` = 'pretrain'", order_by=["attributes.start_time DESC"])
+    assert runs[0].info.status == RunStatus.to_string(RunStatus.KILLED)
+    stopped_at = json.loads(state.read_text())["step"]
+    resumed = run_flow(project)
+    assert f"[pretrain] resuming from step {stopped_at}/900" in resumed.stdout
+    assert stage_lines(resumed)["pretrain"] == "running"
+
+
+def test_a_second_herd_run_is_refused_and_the_first_completes(pipeline_project):
+    project = pipeline_project
+    set_param(project, "dpo.beta", 0.35)
+    first = herd_run_background(project, project / "first.log")
+    lock = project / ".herd" / "run.lock"
+    deadline = time.time() + 60
+    while time.time() < deadline and not (lock.exists() and str(first.pid) in lock.read_text()):
+        time.sleep(0.1)
+    second = subprocess.run([sys.executable, "-m", "herd.cli", "run"], cwd=project, env=project_env(project),
+                            capture_output=True, text=True, timeout=120)
+    assert second.returncode == 2
+    assert f"another herd run is running in {project} (pid {first.pid}, started " in second.stderr
+    assert first.wait(timeout=600) == 0, (project / "first.log").read_text()[-3000:]
+    assert "[herd] dpo                  running" in (project / "first.log").read_text()
+    status = subprocess.run(["dvc", "status", "-q"], cwd=project, env=project_env(project))
+    assert status.returncode == 0  # everything up to date: the refused run left no trace
+
+
+def test_a_diverging_stage_stops_and_nothing_downstream_is_promoted(pipeline_project):
+    project = pipeline_project
+    client = mlflow_client(project)
+    versions = len(client.search_model_versions("name='herd-policy'"))
+    model = project / "artifacts" / "pretrain" / "model" / "model.safetensors"
+    before = model.read_bytes()
+    set_param(project, "pretrain.lr", 3.0)
+    proc = subprocess.run([sys.executable, "-m", "herd.cli", "run"], cwd=project, env=project_env(project),
+                          capture_output=True, text=True, timeout=600)
+    set_param(project, "pretrain.lr", 0.003)
+    assert proc.returncode == 2
+    assert "pretrain: diverged at step" in proc.stdout + proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: stage pretrain failed (exit ")
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert model.read_bytes() == before
+    assert len(client.search_model_versions("name='herd-policy'")) == versions

@@ -141,3 +141,16 @@ def test_afm_top1_target_mixes_teacher_top1_and_true_label():
     expected = 0.9 * torch.nn.functional.cross_entropy(logits, top1) + 0.1 * torch.nn.functional.cross_entropy(
         logits, batch["labels"].flatten())
     assert torch.allclose(loss, expected, atol=1e-6)
+
+
+def test_a_finite_blow_up_stops_training_naming_the_stage_and_step(streams, tmp_path):
+    from herd.errors import HerdError
+
+    train_streams, _, eot, vocab = streams
+    model = tiny(vocab, eot)
+    sampler = WindowSampler(train_streams, {"math": 1.0}, 32, 8, 0, steps=60, eot_id=eot)
+    with pytest.raises(HerdError, match=r"test: diverged at step \d+: smoothed loss .* over 3.0x its best"):
+        fit(model, sampler, tmp_path, 60, lr=3.0)
+    # The same run at a sane learning rate trains to the end.
+    fit(tiny(vocab, eot), WindowSampler(train_streams, {"math": 1.0}, 32, 8, 0, steps=60, eot_id=eot),
+        tmp_path / "sane", 60, lr=3e-3)

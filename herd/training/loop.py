@@ -216,8 +216,9 @@ def train(
 
 
 class DivergenceGuard:
-    """Flags a finite blow-up: the loss's moving average far above its best (NaN is caught apart).
-    The first steps only set the baseline."""
+    """Flags a finite blow-up: the loss's moving average far above its best so far, the first
+    step's loss included (NaN is caught apart). It judges from step `after` on, so one bad early
+    batch cannot stop a run."""
 
     def __init__(self, factor: float, after: int = 10, decay: float = 0.9):
         self.factor, self.after, self.decay = factor, after, decay
@@ -226,10 +227,8 @@ class DivergenceGuard:
 
     def diverged(self, loss: float, step: int) -> bool:
         self.ema = loss if self.ema is None else self.decay * self.ema + (1 - self.decay) * loss
-        if step < self.after or not self.factor:
-            return False
         self.best = min(self.best, self.ema)
-        return self.ema > self.factor * self.best
+        return bool(self.factor) and step >= self.after and self.ema > self.factor * self.best
 
 
 @contextmanager
