@@ -21,7 +21,7 @@ def run(st: StageRun) -> None:
             st.manifest["sources"].append(f"{source.path}@sha256:{hash_path(st.root / source.path)}")
         else:
             revision = hub_revision(source)
-            st.manifest["sources"].append(f"{source.path}@{revision}")
+            st.manifest["sources"].append(f"{source.path}@{revision or 'offline-cache'}")
         docs.extend(load_source(source, st.root, revision))
     st.metrics["unreadable_records"] = sum(1 for d in docs if d.get("read_error"))
     write_table(docs, st.out / "documents.parquet")

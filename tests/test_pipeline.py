@@ -143,9 +143,14 @@ def test_killed_stage_leaves_output_and_lock_untouched_and_resumes_exactly(pipel
     assert ckpt.exists(), "the stage wrote no checkpoint before it was killed"
     assert (out / "model" / "model.safetensors").read_bytes() == before
     assert (project / "dvc.lock").read_text() == lock_before
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("herd").experiment_id
+    killed = client.search_runs([experiment], "tags.`herd.stage` = 'pretrain' and attributes.status = 'RUNNING'")
+    assert len(killed) == 1  # SIGKILL gave it no chance to close
 
     subprocess.run(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env, check=True,
                    capture_output=True)
+    assert client.get_run(killed[0].info.run_id).info.status == "FAILED"  # closed when the stage started again
     resumed = load_file(str(out / "model" / "model.safetensors"))
     subprocess.run(["dvc", "repro", "--single-item", "--force", "pretrain"], cwd=project, env=env, check=True,
                    capture_output=True)

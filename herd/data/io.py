@@ -4,6 +4,7 @@ outputs as parquet (columns carried through unchanged, so any document can be tr
 import gzip
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -85,8 +86,12 @@ def load_source(source, root: Path, revision: str | None = None) -> Iterator[dic
         yield {**record, "domain": source.domain, "source": source.path}
 
 
-def hub_revision(source) -> str:
-    """The commit a hub source resolves to, for the lineage (`revision` pins it in params)."""
+def hub_revision(source) -> str | None:
+    """The commit a hub source resolves to, for the lineage (`revision` pins it in params). In
+    offline mode (HF_HUB_OFFLINE=1) nothing is looked up: the pinned revision, or None for
+    whatever the local cache holds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return source.revision
     from huggingface_hub import HfApi
 
     try:
