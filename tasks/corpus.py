@@ -24,6 +24,7 @@ def run(st: StageRun) -> None:
             st.manifest["sources"].append(f"{source.path}@{revision or 'offline-cache'}")
         docs.extend(load_source(source, st.root, revision))
     st.metrics["unreadable_records"] = sum(1 for d in docs if d.get("read_error"))
+    st.metrics["records_without_text"] = sum(1 for d in docs if d.get("text") is None and not d.get("read_error"))
     write_table(docs, st.out / "documents.parquet")
     for name, rows in corpus.builtin_evals(cfg, st.seed).items():
         write_jsonl(rows, st.out / "evals" / f"{name}.jsonl")

@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 
 def test_two_process_ddp_matches_single_process(tmp_path):
-    project = make_project(tmp_path, {"train": {"precision": "fp32"},
-                                      "pretrain": {"steps": 8, "seq_len_ramp": [], "batch_ramp": []}})
+    project = make_project(tmp_path, {"train": {"precision": "fp32"}, "pretrain": {
+        "steps": 8, "warmup_steps": 2, "seq_len_ramp": [], "batch_ramp": []}})
     env = project_env(project)
     subprocess.run(["dvc", "repro", "tokenizer"], cwd=project, env=env, check=True, capture_output=True)
     weights = project / "artifacts" / "pretrain" / "model" / "model.safetensors"

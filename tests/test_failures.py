@@ -92,7 +92,7 @@ def write_messy_source(path):
     good = [{"id": f"good{i}", "text": f"Document number {i} is perfectly fine prose."} for i in range(3)]
     lines = [json.dumps(good[0]).encode(), b"{not json", json.dumps(good[1]).encode(), b"\xff\xfe{\"text\": \"x\"}",
              b"\x00\x01\x02binary\x03", json.dumps({"id": "num", "text": 42}).encode(), b"", b"[1, 2]",
-             json.dumps(good[2]).encode()]
+             json.dumps(good[2]).encode(), b"{}"]
     with gzip.open(path, "wb") as fh:
         fh.write(b"\n".join(lines) + b"\n")
 
@@ -100,7 +100,7 @@ def write_messy_source(path):
 def test_bad_source_records_are_counted_rejects_with_their_line(tmp_path):
     write_messy_source(tmp_path / "docs.jsonl.gz")
     records = list(load_source(SourceConfig(path="docs.jsonl.gz", domain="prose"), tmp_path))
-    kept = [r["id"] for r in records if not r.get("read_error")]
+    kept = [r["id"] for r in records if r["text"]]
     errors = {r["id"]: r["read_error"] for r in records if r.get("read_error")}
     assert kept == ["good0", "good1", "good2"]
     assert errors == {
@@ -111,6 +111,8 @@ def test_bad_source_records_are_counted_rejects_with_their_line(tmp_path):
     assert errors["docs.jsonl.gz:2"].startswith("line 2: not a JSON object")
     assert errors["docs.jsonl.gz:4"].startswith("line 4: not UTF-8")
     assert errors["docs.jsonl.gz:8"].startswith("line 8: not a JSON object (a JSON list")
+    empty = [r for r in records if r["id"] == "docs.jsonl.gz:10"]
+    assert empty[0]["text"] is None  # no text at all: the filter rejects it as missing_text
     assert all(r["domain"] == "prose" and r["source"] == "docs.jsonl.gz" for r in records)
 
 

@@ -12,7 +12,6 @@ import pytest
 
 from herd.recipe import recipe
 from tests.conftest import project_env, run_flow, set_param, stage_lines
-from tests.test_recipe import descendants
 
 pytestmark = pytest.mark.slow
 
@@ -71,13 +70,8 @@ def test_param_changes_rerun_exactly_their_descendants(pipeline_project):
     set_param(pipeline_project, "runtime.train.log_every", 3)
     assert stage_lines(run_flow(pipeline_project)) == {s: "skipped" for s in ALL}
 
-    set_param(pipeline_project, "anneal.lr", 0.002)
-    ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
-    assert ran == descendants(["anneal"])
-
-    set_param(pipeline_project, "filter.min_words", 6)
-    ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
-    assert ran == ALL[1:]  # everything downstream of the raw corpus
+    # Wider changes (anneal.lr, a filter threshold) are checked against DVC's own answer in seconds
+    # by tests/test_recipe.py, which also checks that herd and DVC agree.
 
 
 def test_every_executed_stage_is_a_nested_mlflow_run(pipeline_project):
@@ -124,78 +118,9 @@ def test_registered_models_resolve_by_alias_and_reproduce_outputs(pipeline_proje
     assert version.tags["lineage.corpus.sources"].startswith("builtin")
 
 
-def test_killed_stage_leaves_output_and_lock_untouched_and_resumes_exactly(pipeline_project):
-    from safetensors.torch import load_file
-
-    project, env = pipeline_project, project_env(pipeline_project)
-    out = project / "artifacts" / "pretrain"
-    before = (out / "model" / "model.safetensors").read_bytes()
-    lock_before = (project / "dvc.lock").read_text()
-    set_param(project, "pretrain.steps", 40)
-    ckpt = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
-    proc = subprocess.Popen(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "the stage wrote no checkpoint before it was killed"
-    assert (out / "model" / "model.safetensors").read_bytes() == before
-    assert (project / "dvc.lock").read_text() == lock_before
-    client = mlflow_client(project)
-    experiment = client.get_experiment_by_name("herd").experiment_id
-    killed = client.search_runs([experiment], "tags.`herd.stage` = 'pretrain' and attributes.status = 'RUNNING'")
-    assert len(killed) == 1  # SIGKILL gave it no chance to close
-
-    subprocess.run(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env, check=True,
-                   capture_output=True)
-    assert client.get_run(killed[0].info.run_id).info.status == "FAILED"  # closed when the stage started again
-    resumed = load_file(str(out / "model" / "model.safetensors"))
-    subprocess.run(["dvc", "repro", "--single-item", "--force", "pretrain"], cwd=project, env=env, check=True,
-                   capture_output=True)
-    uninterrupted = load_file(str(out / "model" / "model.safetensors"))
-    assert resumed.keys() == uninterrupted.keys()
-    assert all((resumed[k] == uninterrupted[k]).all() for k in resumed)
-
-
 def herd_run_background(project, log):
     return subprocess.Popen([sys.executable, "-m", "herd.cli", "run"], cwd=project, env=project_env(project),
                             stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-
-
-def test_sigterm_stops_herd_run_within_seconds_and_the_next_run_resumes(pipeline_project):
-    import psutil
-    from mlflow.entities import RunStatus
-
-    project = pipeline_project
-    model = project / "artifacts" / "pretrain" / "model" / "model.safetensors"
-    before, lock_before = model.read_bytes(), (project / "dvc.lock").read_text()
-    set_param(project, "pretrain.steps", 900)
-    state = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
-    proc = herd_run_background(project, project / "sigterm.log")
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and not (
-            state.exists() and json.loads(state.read_text())["step"] >= 10):
-        time.sleep(0.2)
-    assert proc.poll() is None, (project / "sigterm.log").read_text()[-3000:]
-    started = psutil.Process(proc.pid).children(recursive=True)
-    sent = time.time()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=60)
-    log = (project / "sigterm.log").read_text()
-    assert time.time() - sent < 30, log[-3000:]
-    assert proc.returncode == 2 and "error: stopped by SIGTERM" in log and "Traceback" not in log
-    assert model.read_bytes() == before and (project / "dvc.lock").read_text() == lock_before
-    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-    client = mlflow_client(project)
-    runs = client.search_runs([client.get_experiment_by_name("herd").experiment_id],
-                              "tags.`herd.stage` = 'pretrain'", order_by=["attributes.start_time DESC"])
-    assert runs[0].info.status == RunStatus.to_string(RunStatus.KILLED)
-    stopped_at = json.loads(state.read_text())["step"]
-    resumed = run_flow(project)
-    assert f"[pretrain] resuming from step {stopped_at}/900" in resumed.stdout
-    assert stage_lines(resumed)["pretrain"] == "running"
 
 
 def test_a_second_herd_run_is_refused_and_the_first_completes(pipeline_project):
@@ -232,3 +157,73 @@ def test_a_diverging_stage_stops_and_nothing_downstream_is_promoted(pipeline_pro
     assert "Traceback" not in proc.stdout + proc.stderr
     assert model.read_bytes() == before
     assert len(client.search_model_versions("name='herd-policy'")) == versions
+
+
+def test_killed_stage_leaves_output_and_lock_untouched_and_resumes_exactly(pipeline_project):
+    from safetensors.torch import load_file
+
+    project, env = pipeline_project, project_env(pipeline_project)
+    out = project / "artifacts" / "pretrain"
+    before = (out / "model" / "model.safetensors").read_bytes()
+    lock_before = (project / "dvc.lock").read_text()
+    set_param(project, "pretrain.steps", 40)
+    ckpt = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
+    proc = subprocess.Popen(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "the stage wrote no checkpoint before it was killed"
+    assert (out / "model" / "model.safetensors").read_bytes() == before
+    assert (project / "dvc.lock").read_text() == lock_before
+    client = mlflow_client(project)
+    experiment = client.get_experiment_by_name("herd").experiment_id
+    killed = client.search_runs([experiment], "tags.`herd.stage` = 'pretrain' and attributes.status = 'RUNNING'")
+    assert len(killed) == 1  # SIGKILL gave it no chance to close
+
+    subprocess.run(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    assert client.get_run(killed[0].info.run_id).info.status == "FAILED"  # closed when the stage started again
+    resumed = load_file(str(out / "model" / "model.safetensors"))
+    subprocess.run(["dvc", "repro", "--single-item", "--force", "pretrain"], cwd=project, env=env, check=True,
+                   capture_output=True)
+    uninterrupted = load_file(str(out / "model" / "model.safetensors"))
+    assert resumed.keys() == uninterrupted.keys()
+    assert all((resumed[k] == uninterrupted[k]).all() for k in resumed)
+
+
+def test_sigterm_stops_herd_run_within_seconds_and_the_next_run_resumes(pipeline_project):
+    import psutil
+    from mlflow.entities import RunStatus
+
+    project = pipeline_project
+    model = project / "artifacts" / "pretrain" / "model" / "model.safetensors"
+    before, lock_before = model.read_bytes(), (project / "dvc.lock").read_text()
+    set_param(project, "pretrain.steps", 900)
+    state = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
+    proc = herd_run_background(project, project / "sigterm.log")
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not (
+            state.exists() and json.loads(state.read_text())["step"] >= 10):
+        time.sleep(0.2)
+    assert proc.poll() is None, (project / "sigterm.log").read_text()[-3000:]
+    started = psutil.Process(proc.pid).children(recursive=True)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    log = (project / "sigterm.log").read_text()
+    assert time.time() - sent < 30, log[-3000:]
+    assert proc.returncode == 2 and "error: stopped by SIGTERM" in log and "Traceback" not in log
+    assert model.read_bytes() == before and (project / "dvc.lock").read_text() == lock_before
+    assert not [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    client = mlflow_client(project)
+    runs = client.search_runs([client.get_experiment_by_name("herd").experiment_id],
+                              "tags.`herd.stage` = 'pretrain'", order_by=["attributes.start_time DESC"])
+    assert runs[0].info.status == RunStatus.to_string(RunStatus.KILLED)
+    stopped_at = json.loads(state.read_text())["step"]
+    # Resumed by DVC alone (the last test of the file: its descendants need not run again).
+    resumed = subprocess.run(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=project_env(project),
+                             capture_output=True, text=True, check=True)
+    assert f"[pretrain] resuming from step {stopped_at}/900" in resumed.stdout + resumed.stderr
