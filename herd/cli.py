@@ -15,7 +15,7 @@ import time
 import herd  # noqa: F401  (sets the offline environment before prefect and mlflow are imported)
 from herd.errors import HerdError
 from herd.orchestration import dvc
-from herd.orchestration.session import STAGES, exclusive_run
+from herd.orchestration.session import STAGES, exclusive_run, stop_on_signals
 from herd.recipe import check_params, stages
 from herd.runtime.env import VERBOSE_ENV, project_root
 
@@ -39,7 +39,8 @@ def cmd_run(args) -> None:
         sync_dvc_yaml(root)
         started = time.time()
         try:
-            outcome = pipeline(str(root))
+            with stop_on_signals():  # again inside the flow, where Prefect installs its own handler
+                outcome = pipeline(str(root))
         except KeyboardInterrupt:
             raise HerdError(f"stopped by {STAGES.stopping or 'an interrupt'}: the running stage saved what it "
                             "could resume from; finished stages and dvc.lock are as they were") from None

@@ -3,6 +3,7 @@ reruns only what changed, tracks every stage in MLflow and registers the two mod
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,6 +169,7 @@ def test_killed_stage_leaves_output_and_lock_untouched_and_resumes_exactly(pipel
     lock_before = (project / "dvc.lock").read_text()
     set_param(project, "pretrain.steps", 40)
     ckpt = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
+    shutil.rmtree(ckpt.parent.parent, ignore_errors=True)  # a failed earlier run's checkpoint would fool the wait
     proc = subprocess.Popen(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -203,6 +205,7 @@ def test_sigterm_stops_herd_run_within_seconds_and_the_next_run_resumes(pipeline
     before, lock_before = model.read_bytes(), (project / "dvc.lock").read_text()
     set_param(project, "pretrain.steps", 900)
     state = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
+    shutil.rmtree(state.parent.parent, ignore_errors=True)
     proc = herd_run_background(project, project / "sigterm.log")
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None and not (
