@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from herd.config import ParamError, fraction, positive
+from herd.config import ParamError, positive
 from herd.data.io import in_holdout, read_table, write_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
@@ -61,7 +61,6 @@ class RewardConfig:
     def check(self, root) -> None:
         check_optimization(self)
         positive(self, "pairs")
-        fraction(self, "heldout_frac")
         if not 0 < self.heldout_frac < 1:
             raise ParamError("heldout_frac", f"must leave pairs to train on and to hold out (0 < frac < 1), got "
                              f"{self.heldout_frac}")
