@@ -225,6 +225,8 @@ def test_sigterm_stops_herd_run_within_seconds_and_the_next_run_resumes(pipeline
     runs = client.search_runs([client.get_experiment_by_name("herd").experiment_id],
                               "tags.`herd.stage` = 'pretrain'", order_by=["attributes.start_time DESC"])
     assert runs[0].info.status == RunStatus.to_string(RunStatus.KILLED)
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "KILLED" and parent.data.tags["stage.pretrain"] == "stopped"
     stopped_at = json.loads(state.read_text())["step"]
     # Resumed by DVC alone (the last test of the file: its descendants need not run again).
     resumed = subprocess.run(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=project_env(project),

@@ -63,7 +63,12 @@ def pipeline(root: str = ".") -> dict[str, str]:
             futures[stage] = run_stage.with_options(name=stage).submit(
                 stage, str(path), run.info.run_id, wait_for=[futures[up] for up in upstream]
             )
-            futures[stage].wait()  # one stage at a time: two `dvc repro` in one repo fail on DVC's lock
+            try:
+                futures[stage].wait()  # one stage at a time: two `dvc repro` in one repo fail on DVC's lock
+            except KeyboardInterrupt:
+                mlflow.set_tags({f"stage.{s}": o for s, o in {**outcome, stage: "stopped"}.items()})
+                mlflow.end_run(status="KILLED")
+                raise
             state = futures[stage].state
             if state.is_failed():
                 outcome[stage] = "failed"
