@@ -55,10 +55,11 @@ def cmd_status(args) -> None:
     if not dvc.is_current(root, stages(root)):
         print("dvc.yaml differs from the recipe: `herd run` (or `herd dag --write`) regenerates it")
         return
-    pending = dvc.would_run(root)
-    for stage in dvc.graph(root):
+    dag, changed = dvc.graph(root), dvc.stale(root)  # one look at DVC for every stage
+    pending = dvc.would_run(root, dag, changed)
+    for stage in dag:
         if stage in pending:
-            print(f"{stage:20s} would run ({dvc.why_stale(root, stage) or 'an upstream stage will run'})")
+            print(f"{stage:20s} would run ({changed.get(stage, 'an upstream stage will run')})")
         else:
             print(f"{stage:20s} up to date")
 

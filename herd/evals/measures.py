@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from herd.config import ParamError
+from herd.config import positive
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_streams
 from herd.post.generate import sample
@@ -23,10 +23,8 @@ class EvaluateConfig:
     win_rate_prompts: int = 40
 
     def check(self, root) -> None:
-        for key in ("short_seq_len", "long_seq_len", "math_problems", "passkey_docs", "max_new_tokens",
-                    "win_rate_prompts"):
-            if getattr(self, key) < 1:
-                raise ParamError(key, "must be at least 1")
+        positive(self, "short_seq_len", "long_seq_len", "math_problems", "passkey_docs", "max_new_tokens",
+                 "win_rate_prompts")
 
 
 def greedy(model, prompt_ids: list[int], max_new: int, stop_ids: tuple[int, ...], precision: str) -> list[int]:

@@ -107,15 +107,23 @@ def graph(root: Path) -> dict[str, list[str]]:
     return {name: sorted(ups, key=order.index) for name, ups in dag.items()}
 
 
-def would_run(root: Path) -> list[str]:
-    """The stages `dvc repro` would run, in order: the stale ones and everything downstream."""
+def stale(root: Path) -> dict[str, str]:
+    """{stage: why} for every stage DVC finds changed itself (its downstream is not listed)."""
     from dvc.repo import Repo
 
     with Repo(str(root)) as repo:
-        stale = {address.rpartition(":")[2] for address in repo.status()}  # "[path/dvc.yaml:]name"
+        status = repo.status()
+    # Keys are "[path/dvc.yaml:]name" relative to the cwd.
+    return {address.rpartition(":")[2]: _reason(root, address.rpartition(":")[2], entries)
+            for address, entries in status.items()}
+
+
+def would_run(root: Path, dag: dict[str, list[str]] | None = None, changed: dict[str, str] | None = None) -> list[str]:
+    """The stages `dvc repro` would run, in order: the stale ones and everything downstream."""
+    changed = stale(root) if changed is None else changed
     pending: list[str] = []
-    for stage, upstream in graph(root).items():
-        if stage in stale or any(up in pending for up in upstream):
+    for stage, upstream in (dag or graph(root)).items():
+        if stage in changed or any(up in pending for up in upstream):
             pending.append(stage)
     return pending
 
@@ -126,13 +134,16 @@ def why_stale(root: Path, stage: str) -> str | None:
 
     with Repo(str(root)) as repo:
         status = repo.status(targets=[f"{root / 'dvc.yaml'}:{stage}"])  # a bare name resolves against the cwd
-    if not status:
-        return None
+    return _reason(root, stage, next(iter(status.values()))) if status else None
+
+
+def _reason(root: Path, stage: str, entries: list) -> str:
+    """DVC's status entries of a stale stage, in one line."""
     lock = root / "dvc.lock"
     if not lock.is_file() or stage not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}):
         return "never run here"
     reasons = []
-    for entry in next(iter(status.values())):
+    for entry in entries:
         if isinstance(entry, str):
             reasons.append(entry)
             continue
