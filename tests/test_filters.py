@@ -64,7 +64,10 @@ def test_stdlib_code_passes_and_builtin_prose_mostly(classifiers, tmp_path):
     prose, code = corpus.python_docs_prose(300), corpus.stdlib_code(150)
     kept, rejects, _ = run_filter(prose + code, classifiers, tmp_path)
     kept_ids = {d["id"] for d in kept}
-    assert sum(d["id"] in kept_ids for d in code) >= 0.98 * len(code), sorted(rejects.items())[:5]
+    # The generated codec tables (encodings/cp1250.py, cp1026.py, ...) are near-duplicates of each other.
+    lost = {i: r for i, r in rejects.items() if i.startswith("code/")}
+    assert set(lost.values()) <= {"near_duplicate", "exact_duplicate"}, lost
+    assert sum(d["id"] in kept_ids for d in code) >= 0.95 * len(code), lost
     # Python's reference docs repeat whole passages across topics (near-duplicates) and phrases
     # enough to trip Gopher's web-tuned repetition rules now and then: measured 86%
     assert sum(d["id"] in kept_ids for d in prose) >= 0.8 * len(prose)

@@ -28,8 +28,9 @@ def features(text: str, buckets: int, max_tokens: int = 2000) -> np.ndarray:
 
 
 class TextClassifier:
-    def __init__(self, classes: list[str], buckets: int = 1 << 18, dim: int = 16):
+    def __init__(self, classes: list[str], buckets: int = 1 << 18, dim: int = 16, threshold: float = 0.0):
         self.classes, self.buckets, self.dim = list(classes), buckets, dim
+        self.threshold = threshold  # the probability of the positive class a kept text needs (calibrated)
         self.embedding = np.zeros((buckets, dim), dtype=np.float32)
         self.weight = np.zeros((len(classes), dim), dtype=np.float32)
         self.bias = np.zeros(len(classes), dtype=np.float32)
@@ -67,12 +68,12 @@ class TextClassifier:
         save_file({"embedding": self.embedding, "weight": self.weight, "bias": self.bias},
                   str(folder / f"{name}.safetensors"))
         (folder / f"{name}.json").write_text(json.dumps({"classes": self.classes, "buckets": self.buckets,
-                                                         "dim": self.dim}) + "\n")
+                                                         "dim": self.dim, "threshold": self.threshold}) + "\n")
 
     @classmethod
     def load(cls, folder: Path, name: str) -> "TextClassifier":
         meta = json.loads((folder / f"{name}.json").read_text())
-        clf = cls(meta["classes"], meta["buckets"], meta["dim"])
+        clf = cls(meta["classes"], meta["buckets"], meta["dim"], meta["threshold"])
         tensors = load_file(str(folder / f"{name}.safetensors"))
         clf.embedding, clf.weight, clf.bias = tensors["embedding"], tensors["weight"], tensors["bias"]
         return clf

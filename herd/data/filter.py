@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from difflib import SequenceMatcher
 from pathlib import Path
 
 import numpy as np
@@ -54,12 +55,18 @@ class FilterConfig:
     repetition_min_words: int = 100  # the n-gram repetition rules apply from this length on
     max_top_ngram_frac: dict[int, float] = field(default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16})
     max_duplicate_ngram_frac: dict[int, float] = field(default_factory=lambda: {5: 0.15, 7: 0.13, 10: 0.10})
+    min_sentence_lines: int = 1  # lines ending in terminal punctuation natural language needs (fragments have none)
     code_max_line_len: int = 1000
-    code_min_lines: int = 5
-    # model-based quality filter (reference text vs raw web) and domain labels
-    quality_threshold: float = 0.2  # keep a document of a quality_domains domain if P(reference) >= this
+    code_max_duplicate_line_frac: float = 0.5  # real modules repeat `return`, `pass`, `)` lines: up to 0.46 measured
+    code_max_duplicate_ngram_frac: dict[int, float] = field(default_factory=lambda: {10: 0.5})
+    # model-based quality filter (reference text vs raw web) and domain labels. Its threshold is
+    # calibrated on held-out documents to keep quality_reference_recall of the reference text; it
+    # drops nothing unless it then raises the held-out keep precision over the rules alone by
+    # quality_min_gain.
+    quality_reference_recall: float = 0.99
+    quality_min_gain: float = 0.02
     quality_domains: list[str] = field(default_factory=lambda: ["web"])
-    reference_domains: list[str] = field(default_factory=lambda: ["prose"])
+    reference_domains: list[str] = field(default_factory=lambda: ["prose", "code", "math", "long"])
     classifier_docs: int = 3000  # training documents per class, at most
     classifier_epochs: int = 4
     # near-duplicates: MinHash over word n-grams, LSH with bands x rows hashes
@@ -67,8 +74,10 @@ class FilterConfig:
     minhash_bands: int = 32
     minhash_rows: int = 4
     minhash_threshold: float = 0.65  # estimated Jaccard at which a later document is a duplicate
-    minhash_min_words: int = 25  # shorter texts get exact dedup only
-    near_dedup_domains: list[str] = field(default_factory=lambda: ["web", "prose", "long"])
+    minhash_min_words: int = 50  # shorter texts are shingled by characters: one edited word changes most word 5-grams
+    minhash_char_ngram: int = 5
+    minhash_short_similarity: float = 0.9  # and must match an earlier short text word for word this closely
+    line_dedup_min_words: int = 10  # lines this long count in copy-with-additions detection
     # decontamination against every eval set (AFM / GPT-3 style n-gram overlap)
     decontam_ngram: int = 13
     decontam_mode: str = "cut"  # cut the contaminated lines, or drop the whole document
@@ -86,18 +95,18 @@ class FilterConfig:
     validation_frac: float = 0.05
 
     def check(self, root: Path) -> None:
-        non_negative(self, "min_words", "web_min_words", "min_stopwords", "repetition_min_words", "code_min_lines",
+        non_negative(self, "min_words", "web_min_words", "min_stopwords", "repetition_min_words", "min_sentence_lines",
                      "minhash_min_words", "max_symbol_ratio")
         positive(self, "max_words", "min_mean_word_len", "max_mean_word_len", "code_max_line_len", "classifier_docs",
-                 "classifier_epochs", "minhash_ngram", "minhash_bands", "minhash_rows", "decontam_ngram", "max_repeats")
+                 "classifier_epochs", "minhash_ngram", "minhash_char_ngram", "line_dedup_min_words", "minhash_bands", "minhash_rows", "decontam_ngram", "max_repeats")
         fraction(self, "max_digit_frac", "min_alpha_word_frac", "math_min_alpha_word_frac", "max_duplicate_line_frac",
                  "max_duplicate_paragraph_frac", "max_bullet_line_frac", "max_ellipsis_line_frac", "max_nonascii_frac",
-                 "quality_threshold", "minhash_threshold", "starved_ratio", "validation_frac")
+                 "code_max_duplicate_line_frac", "minhash_short_similarity", "quality_reference_recall", "quality_min_gain", "minhash_threshold", "starved_ratio", "validation_frac")
         if self.min_mean_word_len >= self.max_mean_word_len:
             raise ParamError("min_mean_word_len", f"must be below max_mean_word_len ({self.max_mean_word_len})")
         if self.validation_frac == 1:
             raise ParamError("validation_frac", "must leave documents to train on (below 1)")
-        for key in ("max_top_ngram_frac", "max_duplicate_ngram_frac"):
+        for key in ("max_top_ngram_frac", "max_duplicate_ngram_frac", "code_max_duplicate_ngram_frac"):
             for n, frac in getattr(self, key).items():
                 if n < 1 or not 0 <= frac <= 1:
                     raise ParamError(f"{key}.{n}", f"needs an n-gram size of at least 1 and a share in [0, 1], "
@@ -109,7 +118,7 @@ class FilterConfig:
         check_weights(self.weights, "weights")
         if self.decontam_mode not in ("cut", "drop"):
             raise ParamError("decontam_mode", f"'{self.decontam_mode}' is not cut or drop")
-        for key in ("quality_domains", "reference_domains", "near_dedup_domains"):
+        for key in ("quality_domains", "reference_domains"):
             for domain in getattr(self, key):
                 check_domain(domain, key)
 
@@ -141,7 +150,8 @@ class Scorer:
     def __init__(self, cfg: dict, eval_grams: set, quality: TextClassifier, domains: TextClassifier):
         self.cfg = OmegaConf.create(cfg)
         self.grams, self.quality, self.domains = eval_grams, quality, domains
-        self.hasher = MinHasher(self.cfg.minhash_bands, self.cfg.minhash_rows, self.cfg.minhash_ngram)
+        self.hasher = MinHasher(self.cfg.minhash_bands, self.cfg.minhash_rows, self.cfg.minhash_ngram,
+                                self.cfg.minhash_min_words, self.cfg.minhash_char_ngram)
         self.reference = self.quality.classes.index("reference")
 
     def __call__(self, doc: dict) -> dict:
@@ -152,32 +162,37 @@ class Scorer:
         if not isinstance(text, str):
             out["reject_reason"] = "unreadable_record" if doc.get("read_error") else "missing_text"
             return out
-        text = filters.normalise(text, web=doc["domain"] == "web")
-        out["text"] = text
+        text = filters.repair(text)
+        probs = self.domains.predict_proba(text)
+        out["predicted_domain"] = self.domains.classes[int(np.argmax(probs))]
+        declared = doc["domain"]
+        domain = filters.route(text, out["predicted_domain"]) if declared == "auto" else declared
+        if domain != "code":
+            text = filters.strip_boilerplate(text, web=declared == "web")
+        out["text"], out["domain"] = text, domain
         if not text:
             out["reject_reason"] = "empty_after_normalisation"
             return out
         out["_key"] = filters.dedup_key(text)
-        # Templated short texts (stubs, generated problems) and code (shared headers, generated
-        # tables) look alike without being copies: they get exact dedup only.
-        near = doc["domain"] in cfg.near_dedup_domains and len(text.split()) >= cfg.minhash_min_words
-        out["_sig"] = self.hasher.signature(text) if near else None
-        probs = self.domains.predict_proba(text)
-        out["predicted_domain"] = self.domains.classes[int(np.argmax(probs))]
-        if doc["domain"] == "auto":
-            out["domain"] = out["predicted_domain"]
-        reason = filters.rule_failed(text, out["domain"], cfg)
+        out["_sig"] = self.hasher.signature(text)
+        words = filters.WORD.findall(text.lower())
+        out["_short"] = words if len(words) < cfg.minhash_min_words else None
+        out["_lines"] = filters.long_line_keys(text, cfg.line_dedup_min_words)
+        # A page routed to web by content is held to the quality classifier, not to the stricter
+        # rules for declared web crawls (C4 line filter, web_min_words): it may be a short article.
+        rules = "prose" if domain == "web" and declared == "auto" else domain
+        reason = filters.rule_failed(text, rules, cfg)
         if reason:
             out["reject_reason"] = reason
             return out
         out["funnel"] = "heuristics"
         out["quality_score"] = round(float(self.quality.predict_proba(text)[self.reference]), 4)
-        if out["domain"] in cfg.quality_domains and out["quality_score"] < cfg.quality_threshold:
+        if domain in cfg.quality_domains and out["quality_score"] < self.quality.threshold:
             out["reject_reason"] = "quality_classifier"
             return out
         out["funnel"] = "quality"
         cut, hits = filters.decontaminate(text, self.grams, cfg.decontam_ngram, cfg.decontam_mode)
-        if cut is None or (hits and filters.rule_failed(cut, out["domain"], cfg)):
+        if cut is None or (hits and filters.rule_failed(cut, rules, cfg)):
             out["reject_reason"] = "contaminated"
             return out
         out["text"], out["contaminated_lines_cut"] = cut, hits
@@ -225,6 +240,8 @@ class FilterRun:
         self.cfg, self.out, self.kept_name = cfg, out, kept_name
         self.workers, self.shard_size = workers, shard_size
         self.exact: dict[str, str] = {}
+        self.lines: dict[str, str] = {}
+        self.short: dict[str, list[str]] = {}  # the words of short texts, to verify their near-duplicates  # long lines of kept documents -> the first such document
         self.near = NearDuplicateIndex(cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_threshold)
         self.reasons, self.funnel = Counter(), Counter()
         self.domain_in, self.domain_kept = Counter(), Counter()
@@ -233,8 +250,13 @@ class FilterRun:
 
     def deduplicate(self, doc: dict) -> None:
         """First occurrence wins, whatever became of it: a copy of a page that a rule rejected is
-        still a copy. Only documents that passed every earlier step get a duplicate reason."""
-        key, sig = doc.pop("_key", None), doc.pop("_sig", None)
+        still a copy (an edit must not slip it past the rule). Only documents that passed every
+        earlier step get a duplicate reason. Near-duplicates join the index, so a copy of a copy
+        is caught too. A document whose long lines all appeared in earlier kept documents,
+        covering at least half its words, is a near-duplicate as well (CCNet's paragraph dedup):
+        MinHash misses a short page copied with a header and footer around it."""
+        key, sig, lines = doc.pop("_key", None), doc.pop("_sig", None), doc.pop("_lines", None)
+        short = doc.pop("_short", None)
         if key is None:
             return
         passed = doc["reject_reason"] is None
@@ -243,16 +265,31 @@ class FilterRun:
                 doc.update(reject_reason="exact_duplicate", duplicate_of=self.exact[key])
             return
         self.exact[key] = doc["id"]
-        match = self.near.find(sig) if sig is not None else None
-        if match:
-            if passed:
-                doc.update(reject_reason="near_duplicate", duplicate_of=match[0],
-                           near_duplicate_jaccard=round(match[1], 3), funnel="exact_dedup")
+        match = self.near.find(sig, None if short is None else lambda other: self._word_match(short, other))
+        self.near.add(sig, doc["id"])
+        if short is not None:
+            self.short[doc["id"]] = short
+        if not passed:
             return
-        if sig is not None:
-            self.near.add(sig, doc["id"])
-        if passed:
-            doc["funnel"] = "near_dedup"
+        if match:
+            doc.update(reject_reason="near_duplicate", duplicate_of=match[0],
+                       near_duplicate_jaccard=round(match[1], 3), funnel="exact_dedup")
+            return
+        hashes, covered = lines
+        owners = [self.lines.get(h) for h in hashes]
+        if hashes and all(owners) and covered >= 0.5:  # a copy with additions: headers, footers, ads
+            doc.update(reject_reason="near_duplicate", duplicate_of=owners[0], funnel="exact_dedup")
+            return
+        for h in hashes:
+            self.lines.setdefault(h, doc["id"])
+        doc["funnel"] = "near_dedup"
+
+    def _word_match(self, words: list[str], other: str) -> bool:
+        """Short texts close by characters are near-duplicates only when they also match word for
+        word: templated stubs and generated problems differ in more words than an edited copy."""
+        theirs = self.short.get(other)
+        return theirs is not None and \
+            SequenceMatcher(None, words, theirs, autojunk=False).ratio() >= self.cfg.minhash_short_similarity
 
     def run(self, docs: Iterable[dict], scorer_args: tuple, total: int | None = None) -> None:
         bar = tqdm(total=total, desc="filter", unit="doc", mininterval=2)
@@ -302,32 +339,62 @@ class FilterRun:
 
 def train_classifiers(docs: Iterable[dict], cfg, seed: int) -> tuple[TextClassifier, TextClassifier, dict]:
     """Quality (reference domains vs raw web) and domain classifiers from a bounded sample of the
-    corpus' own labelled documents; returns them with their held-out accuracy."""
+    corpus' own labelled documents, 10% held out; returns them with their held-out figures."""
     per_class: dict[str, list[tuple[str, str]]] = {}
     for doc in docs:
         text = doc.get("text")
         if isinstance(text, str) and doc.get("domain") != "auto":
             bucket = per_class.setdefault(doc["domain"], [])
             if len(bucket) < cfg.classifier_docs:
-                bucket.append((str(doc["id"]), filters.normalise(text)))
+                text = filters.repair(text)
+                bucket.append((str(doc["id"]), text if doc["domain"] == "code" else filters.strip_boilerplate(text)))
     if "web" not in per_class or not set(cfg.reference_domains) & set(per_class):
         raise HerdError("the quality classifier needs web documents and documents of filter.reference_domains "
                         f"({', '.join(cfg.reference_domains)}); the corpus has {', '.join(sorted(per_class))}")
-    quality_rows = [(i, t, "reference" if d in cfg.reference_domains else "web")
-                    for d, rows in per_class.items() if d in cfg.reference_domains or d == "web" for i, t in rows]
-    domain_rows = [(i, t, d) for d, rows in per_class.items() for i, t in rows]
     report = {}
     models = []
-    for name, rows, classes in (("quality", quality_rows, ["web", "reference"]),
-                                ("domain", domain_rows, sorted(per_class))):
-        train = [(t, y) for i, t, y in rows if not in_holdout(i, 0.1)]
-        held = [(t, y) for i, t, y in rows if in_holdout(i, 0.1)]
+    for name, classes, label in (("quality", ["web", "reference"], lambda d: "web" if d == "web" else "reference"),
+                                 ("domain", sorted(per_class), lambda d: d)):
+        rows = [(i, t, d) for d, rs in per_class.items() for i, t in rs
+                if name == "domain" or d == "web" or d in cfg.reference_domains]
+        train = [(t, label(d)) for i, t, d in rows if not in_holdout(i, 0.1)]
         clf = TextClassifier(classes).fit([t for t, _ in train], [y for _, y in train], cfg.classifier_epochs, seed)
+        held = [(t, d) for i, t, d in rows if in_holdout(i, 0.1)]
         if held:
-            hits = sum(clf.classes[int(np.argmax(clf.predict_proba(t)))] == y for t, y in held)
+            hits = sum(clf.classes[int(np.argmax(clf.predict_proba(t)))] == label(d) for t, d in held)
             report[f"classifier_{name}_heldout_accuracy"] = round(hits / len(held), 4)
+        if name == "quality":
+            report.update(calibrate_quality(clf, held, cfg))
         models.append(clf)
     return models[0], models[1], report
+
+
+def calibrate_quality(clf: TextClassifier, held: list[tuple[str, str]], cfg) -> dict:
+    """Set the quality threshold from held-out (text, domain) pairs that pass the rules: the score
+    that keeps `quality_reference_recall` of the reference text. The classifier keeps that
+    threshold only when it raises keep precision (reference kept / all kept, web counted as not
+    wanted) over the rules alone by `quality_min_gain`; otherwise its threshold is 0 and it drops
+    nothing. Returns the held-out precision and recall of both."""
+    ref_col = clf.classes.index("reference")
+    passed = [(float(clf.predict_proba(t)[ref_col]), d != "web") for t, d in held if not filters.rule_failed(t, d, cfg)]
+    reference = sorted(score for score, good in passed if good)
+    web = [score for score, good in passed if not good]
+    clf.threshold = 0.0
+    figures = {"classifier_quality_heldout_reference": len(reference), "classifier_quality_heldout_web": len(web)}
+    if not reference:
+        return {**figures, "classifier_quality_enabled": 0}
+    threshold = float(reference[int((1 - cfg.quality_reference_recall) * len(reference))])
+    kept_ref = sum(score >= threshold for score in reference)
+    kept_web = sum(score >= threshold for score in web)
+    rules_precision = len(reference) / (len(reference) + len(web))
+    precision = kept_ref / max(1, kept_ref + kept_web)
+    enabled = precision - rules_precision >= cfg.quality_min_gain
+    clf.threshold = threshold if enabled else 0.0
+    return {**figures, "classifier_quality_enabled": int(enabled), "classifier_quality_threshold": round(clf.threshold, 4),
+            "classifier_quality_calibrated_threshold": round(threshold, 4),
+            "classifier_quality_rules_keep_precision": round(rules_precision, 4),
+            "classifier_quality_keep_precision": round(precision, 4),
+            "classifier_quality_keep_recall": round(kept_ref / len(reference), 4)}
 
 
 def eval_ngrams(files: list[Path], n: int) -> set:

@@ -2,11 +2,14 @@
 n-gram decontamination and domain mixing. Each rule returns the name of the check that failed, so
 every rejected document carries its reason."""
 
+import ast
 import hashlib
 import random
 import re
 import unicodedata
 from collections import Counter
+
+import ftfy
 
 STOP_WORDS = frozenset(
     "the be to of and a in that have has had is are was were it for not on with he she as you do does at "
@@ -17,44 +20,64 @@ BOILERPLATE = re.compile(
     r"^(home\s*\|.*|skip to (main )?content|menu|search( this site)?|.*\b(use|accept|allow)( all)? cookies\b.*|"
     r".*\bcookie (policy|settings)\b.*|share (on|this).*|.*all rights reserved.*|.*privacy policy.*|"
     r".*terms of (use|service).*|subscribe to our newsletter.*|log ?in|sign (up|in)|.*javascript.*|"
-    r"(facebook|twitter|linkedin|pinterest|email|print)( \| .*)?|advertisement|follow us.*|related (posts|articles))$",
+    r"(facebook|twitter|linkedin|pinterest|email|print)( \| .*)?|advertisement|follow us.*|related (posts|articles)|"
+    # bylines and social counters
+    r"(posted|written|published|last updated|updated) (by|on|at) .{1,50}|"
+    r".*\b(shared|viewed|read|liked|tweeted) \d[\d,]* times\b.*|\d[\d,]* (comments?|shares|views|likes))$",
     re.IGNORECASE,
 )
-MOJIBAKE = re.compile("[ÃÂâ][\u0080-\u00bf\u20ac\u201a-\u201e\u2020-\u2022\u2122\u0152\u0153\u0160\u0161]|Ã.")
+# What is left of mis-decoded UTF-8 once repair has done what it can ("Ã©", "â€™", "Â" runs).
+MOJIBAKE = re.compile("[ÃÂâ][\u0080-\u00bf\u20ac\u201a-\u201e\u2020-\u2022\u2122\u0152\u0153\u0160\u0161]|Ã.|\ufffd")
 LOREM_WORDS = frozenset("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
                         "incididunt ut labore et dolore magna aliqua enim ad minim veniam quis nostrud".split())
-PLACEHOLDER = re.compile(r"lorem ipsum|\{\{|\}\}|\[insert [^\]]*\]|placeholder text|coming soon", re.IGNORECASE)
+# Unfilled templates. Code legitimately writes "{{" (f-strings, Jinja), so it is held to the rest.
+PLACEHOLDER = re.compile(r"lorem ipsum|\[insert [^\]]*\]|placeholder text|coming soon", re.IGNORECASE)
+TEMPLATE_FIELD = re.compile(r"\{\{|\}\}")
 WORD = re.compile(r"\w+")
 TERMINAL = (".", "!", "?", '"', "'", "”", "’", ":", ")")
+SENTENCE_END = re.compile(r"[.!?:…][\"'”’)\]]*$")
+# Top-level statements that only code makes: a line of prose, a menu ("Home | About") or a table
+# ("1, 2, 3") can parse as a bare Python expression, never as one of these.
+CODE_STATEMENTS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Import, ast.ImportFrom, ast.Assign,
+                   ast.AugAssign, ast.AnnAssign, ast.For, ast.While, ast.If, ast.With, ast.Try, ast.Return)
+BRACE_LINE = re.compile(r"[;{}]\s*$|^\s*(//|#include|/\*|\*)")
 
 
-def fix_mojibake(text: str) -> str:
-    """UTF-8 bytes decoded as Latin-1/CP1252 ("cafÃ©") are re-decoded when that removes every
-    mojibake marker; what cannot be fixed is left for the mojibake rule to reject."""
-    original = text
-    for _ in range(3):  # text can be mis-decoded more than once
-        if not MOJIBAKE.search(text):
-            return text
-        for codec in ("cp1252", "latin-1"):
-            try:
-                text = text.encode(codec).decode("utf-8")
-                break
-            except (UnicodeEncodeError, UnicodeDecodeError):
-                continue
-        else:
-            return original
-    return text if not MOJIBAKE.search(text) else original
+def repair(text: str) -> str:
+    """Mojibake repaired (UTF-8 decoded as Latin-1/CP1252, once or several times over) by ftfy's
+    encoding fixer, then NFC. What cannot be repaired (bytes lost on the way) stays for the
+    mojibake rule to reject."""
+    if not text.isascii():  # ftfy costs time, and ASCII cannot be mis-decoded
+        text = ftfy.fix_encoding(text)
+    return unicodedata.normalize("NFC", text)
 
 
-def normalise(text: str, web: bool = False) -> str:
-    """NFC, mojibake repaired, boilerplate lines removed. Web pages also lose C4's non-sentence
-    lines (too short, or not ending in terminal punctuation): menus, bylines, share bars."""
-    text = unicodedata.normalize("NFC", fix_mojibake(text))
+def is_code(text: str) -> bool:
+    """Sure that the text is source code: it parses as Python with at least one real statement, or
+    most of its lines end or open the way C-family code does (at least three of them)."""
+    try:
+        tree = ast.parse(text)
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        lines = [line for line in text.split("\n") if line.strip()]
+        braced = sum(bool(BRACE_LINE.search(line)) for line in lines)
+        return braced >= 3 and braced >= 0.5 * len(lines)
+    return any(isinstance(node, CODE_STATEMENTS) for node in tree.body)
+
+
+def strip_boilerplate(text: str, web: bool = False) -> str:
+    """Boilerplate lines removed. Web pages also lose C4's non-sentence lines (too short, or not
+    ending in terminal punctuation): menus, bylines, share bars. Never applied to code, whose
+    lines are not navigation."""
     lines = [line.rstrip() for line in text.split("\n") if not BOILERPLATE.match(line.strip())]
     if web:
         lines = [line for line in lines if not line.strip() or
                  (len(line.split()) >= 3 and line.strip().endswith(TERMINAL))]
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def normalise(text: str, web: bool = False) -> str:
+    """A natural-language text repaired and stripped of boilerplate."""
+    return strip_boilerplate(repair(text), web)
 
 
 def _top_ngram_frac(words: list[str], n: int, chars: int) -> float:
@@ -83,17 +106,53 @@ def _dup_ngram_frac(words: list[str], n: int, chars: int) -> float:
     return dup / max(1, chars)
 
 
+def common_rule_failed(text: str, words: list[str], code: bool, cfg) -> str | None:
+    """The rules every document passes whatever its route, with the route's thresholds: length,
+    mojibake, placeholders, duplicated lines and paragraphs, duplicated n-grams."""
+    n = len(words)
+    if n < cfg.min_words:
+        return "too_few_words"
+    if n > cfg.max_words:
+        return "too_many_words"
+    # What repair could not fix; a replacement character means bytes were lost for good.
+    if "\ufffd" in text or len(MOJIBAKE.findall(text)) > n // 500:
+        return "mojibake"
+    lowered = [w.lower().strip(".,;:!?\"'()") for w in words]
+    if sum(w in LOREM_WORDS for w in lowered) > 0.2 * n or PLACEHOLDER.search(text) or \
+            (not code and TEMPLATE_FIELD.search(text)):
+        return "placeholder_text"
+    # Repeats beyond the first occurrence, as Gopher counts them.
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    limit = cfg.code_max_duplicate_line_frac if code else cfg.max_duplicate_line_frac
+    if len(lines) - len(set(lines)) > limit * len(lines):
+        return "duplicate_lines"
+    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
+    limit = cfg.code_max_duplicate_line_frac if code else cfg.max_duplicate_paragraph_frac
+    if len(paragraphs) - len(set(paragraphs)) > limit * len(paragraphs):
+        return "duplicate_paragraphs"
+    if n < cfg.repetition_min_words:  # in a short text one repeated name is a large share
+        return None
+    chars = sum(len(w) for w in lowered)
+    if not code:  # code repeats its names by nature
+        for k, limit in cfg.max_top_ngram_frac.items():
+            if _top_ngram_frac(lowered, k, chars) > limit:
+                return f"top_{k}gram"
+    for k, limit in (cfg.code_max_duplicate_ngram_frac if code else cfg.max_duplicate_ngram_frac).items():
+        if _dup_ngram_frac(lowered, k, chars) > limit:
+            return f"duplicate_{k}gram"
+    return None
+
+
 def prose_rule_failed(text: str, cfg, domain: str = "prose") -> str | None:
     """The first heuristic a natural-language document fails, or None. Math passes lower
     alphabetic-word and digit thresholds: worked solutions are full of numbers and operators."""
     words = text.split()
     n = len(words)
-    if n < (cfg.web_min_words if domain == "web" else cfg.min_words):
+    if domain == "web" and n < cfg.web_min_words:
         return "too_few_words"
-    if n > cfg.max_words:
-        return "too_many_words"
-    if len(MOJIBAKE.findall(text)) > n // 500:  # what fix_mojibake could not repair
-        return "mojibake"
+    reason = common_rule_failed(text, words, False, cfg)
+    if reason:
+        return reason
     if sum(not c.isascii() for c in text) > cfg.max_nonascii_frac * len(text):
         return "non_ascii"
     mean_len = sum(len(w) for w in words) / n
@@ -110,42 +169,26 @@ def prose_rule_failed(text: str, cfg, domain: str = "prose") -> str | None:
     lowered = [w.lower().strip(".,;:!?\"'()") for w in words]
     if sum(w in STOP_WORDS for w in lowered) < cfg.min_stopwords:
         return "stop_words"
-    if sum(w in LOREM_WORDS for w in lowered) > 0.2 * n or PLACEHOLDER.search(text):
-        return "placeholder_text"
-    # Repeats beyond the first occurrence, as Gopher counts them.
     lines = [line.strip() for line in text.split("\n") if line.strip()]
-    if len(lines) - len(set(lines)) > cfg.max_duplicate_line_frac * len(lines):
-        return "duplicate_lines"
-    paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
-    if len(paragraphs) - len(set(paragraphs)) > cfg.max_duplicate_paragraph_frac * len(paragraphs):
-        return "duplicate_paragraphs"
+    if sum(bool(SENTENCE_END.search(line)) for line in lines) < cfg.min_sentence_lines:
+        return "no_sentence"
     if sum(line.startswith(("-", "*", "•")) for line in lines) > cfg.max_bullet_line_frac * len(lines):
         return "bullet_lines"
     if sum(line.endswith(("...", "…")) for line in lines) > cfg.max_ellipsis_line_frac * len(lines):
         return "ellipsis_lines"
-    if n < cfg.repetition_min_words:  # in a short text one repeated name is a large share
-        return None
-    chars = sum(len(w) for w in lowered)
-    for k, limit in cfg.max_top_ngram_frac.items():
-        if _top_ngram_frac(lowered, k, chars) > limit:
-            return f"top_{k}gram"
-    for k, limit in cfg.max_duplicate_ngram_frac.items():
-        if _dup_ngram_frac(lowered, k, chars) > limit:
-            return f"duplicate_{k}gram"
     return None
 
 
 def code_rule_failed(text: str, cfg) -> str | None:
-    """Code has its own rules: prose heuristics (stop words, word length) would drop real source."""
-    lines = text.split("\n")
-    if len([line for line in lines if line.strip()]) < cfg.code_min_lines:
-        return "code_too_short"
-    if max(len(line) for line in lines) > cfg.code_max_line_len:
+    """Code passes the common rules counted in identifier and keyword tokens, then its own:
+    prose heuristics (stop words, word length) would drop real source."""
+    reason = common_rule_failed(text, WORD.findall(text), True, cfg)
+    if reason:
+        return reason
+    if max(len(line) for line in text.split("\n")) > cfg.code_max_line_len:
         return "code_long_line"
     if sum(c.isalnum() for c in text) < 0.25 * len(text):
         return "code_alnum_ratio"
-    if len(MOJIBAKE.findall(text)) > 2:
-        return "mojibake"
     return None
 
 
@@ -153,9 +196,31 @@ def rule_failed(text: str, domain: str, cfg) -> str | None:
     return code_rule_failed(text, cfg) if domain == "code" else prose_rule_failed(text, cfg, domain)
 
 
+def route(text: str, predicted: str) -> str:
+    """The domain of an unlabelled document: code only when sure (is_code), math when the domain
+    classifier says so, otherwise what it predicts, except that text it takes for code without
+    being sure is plain web text, held to the web's quality classifier."""
+    if is_code(text):
+        return "code"
+    return "web" if predicted == "code" else predicted
+
+
 def dedup_key(text: str) -> str:
     """Exact-duplicate key: case, punctuation and whitespace differences do not count."""
     return hashlib.sha1(" ".join(WORD.findall(text.lower())).encode()).hexdigest()
+
+
+def long_line_keys(text: str, min_words: int) -> tuple[list[str], float]:
+    """Keys (as dedup_key) of the lines with at least `min_words` words, and their share of the
+    text's words."""
+    keys, covered, total = [], 0, 0
+    for line in text.split("\n"):
+        words = WORD.findall(line.lower())
+        total += len(words)
+        if len(words) >= min_words:
+            keys.append(hashlib.sha1(" ".join(words).encode()).hexdigest())
+            covered += len(words)
+    return keys, covered / max(1, total)
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
