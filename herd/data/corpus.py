@@ -30,7 +30,7 @@ class SourceConfig:
     """An extra corpus source read through `datasets.load_dataset`."""
 
     path: str  # a hub name ("HuggingFaceFW/fineweb-edu") or a local json/jsonl/parquet file
-    domain: str  # web | prose | code | math | long
+    domain: str = "auto"  # web | prose | code | math | long, or auto: the filter routes each document by content
     text_field: str = "text"
     split: str = "train"
     name: str | None = None  # the hub dataset's config name
@@ -60,7 +60,8 @@ class CorpusConfig:
         non_negative(self, "code_files", "prose_docs", "math_problems", "passkey_docs", "web_pages")
         positive(self, "math_test_problems", "passkey_test_docs", "passkey_words")
         for i, src in enumerate(self.sources):
-            check_domain(src.domain, f"sources[{i}].domain")
+            if src.domain != "auto":
+                check_domain(src.domain, f"sources[{i}].domain")
             if src.limit is not None and src.limit < 1:
                 raise ParamError(f"sources[{i}].limit", f"must be at least 1, got {src.limit}")
             if is_local(src.path, root) and not (root / src.path).exists():

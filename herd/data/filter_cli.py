@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from herd.config import load_sections
 from herd.data import corpus
 from herd.data.classifier import TextClassifier
+from herd.data.domains import check_domain
 from herd.data.filter import FilterConfig, FilterRun, eval_ngrams, train_classifiers
 from herd.data.io import read_records
 from herd.errors import HerdError
@@ -28,8 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, required=True, help="a new or empty folder")
     parser.add_argument("--decontaminate", type=Path, nargs="*", default=[], help="eval jsonl(.gz) files")
     parser.add_argument("--text-field", default="text")
-    parser.add_argument("--domain", default="web", help="domain of every input document (web, prose, code, "
-                        "math, long), 'auto' to let the domain classifier decide, or 'keep' for each "
+    parser.add_argument("--domain", default="auto", help="'auto' (default): route each document by its content "
+                        "(code only when it parses as code; every route passes the common rules); or one "
+                        "domain for every document (web, prose, code, math, long); or 'keep' for each "
                         "record's own `domain` field")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="filter params to override")
 
@@ -53,9 +55,12 @@ def run(args: argparse.Namespace) -> None:
     else:  # no pipeline run here: train the classifiers on the built-in corpus
         quality, domains, _ = train_classifiers(corpus.builtin_corpus(params.corpus, params.seed), cfg, params.seed)
 
+    if args.domain not in ("auto", "keep"):
+        check_domain(args.domain, "--domain")
+
     def docs():
         for doc in read_records(args.input, args.text_field):
-            doc["domain"] = doc.get("domain") if args.domain == "keep" else args.domain
+            doc["domain"] = (doc.get("domain") or "auto") if args.domain == "keep" else args.domain
             yield doc
 
     args.output.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import hashlib
 import random
 import re
 import unicodedata
+import warnings
 from collections import Counter
 
 import ftfy
@@ -56,7 +57,9 @@ def is_code(text: str) -> bool:
     """Sure that the text is source code: it parses as Python with at least one real statement, or
     most of its lines end or open the way C-family code does (at least three of them)."""
     try:
-        tree = ast.parse(text)
+        with warnings.catch_warnings():  # invalid escapes in prose-like text warn while parsing
+            warnings.simplefilter("ignore")
+            tree = ast.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         lines = [line for line in text.split("\n") if line.strip()]
         braced = sum(bool(BRACE_LINE.search(line)) for line in lines)
