@@ -98,10 +98,12 @@ class FilterConfig:
         non_negative(self, "min_words", "web_min_words", "min_stopwords", "repetition_min_words", "min_sentence_lines",
                      "minhash_min_words", "max_symbol_ratio")
         positive(self, "max_words", "min_mean_word_len", "max_mean_word_len", "code_max_line_len", "classifier_docs",
-                 "classifier_epochs", "minhash_ngram", "minhash_char_ngram", "line_dedup_min_words", "minhash_bands", "minhash_rows", "decontam_ngram", "max_repeats")
+                 "classifier_epochs", "minhash_ngram", "minhash_char_ngram", "line_dedup_min_words", "minhash_bands",
+                 "minhash_rows", "decontam_ngram", "max_repeats")
         fraction(self, "max_digit_frac", "min_alpha_word_frac", "math_min_alpha_word_frac", "max_duplicate_line_frac",
                  "max_duplicate_paragraph_frac", "max_bullet_line_frac", "max_ellipsis_line_frac", "max_nonascii_frac",
-                 "code_max_duplicate_line_frac", "minhash_short_similarity", "quality_reference_recall", "quality_min_gain", "minhash_threshold", "starved_ratio", "validation_frac")
+                 "code_max_duplicate_line_frac", "minhash_short_similarity", "quality_reference_recall",
+                 "quality_min_gain", "minhash_threshold", "starved_ratio", "validation_frac")
         if self.min_mean_word_len >= self.max_mean_word_len:
             raise ParamError("min_mean_word_len", f"must be below max_mean_word_len ({self.max_mean_word_len})")
         if self.validation_frac == 1:
@@ -240,8 +242,8 @@ class FilterRun:
         self.cfg, self.out, self.kept_name = cfg, out, kept_name
         self.workers, self.shard_size = workers, shard_size
         self.exact: dict[str, str] = {}
-        self.lines: dict[str, str] = {}
-        self.short: dict[str, list[str]] = {}  # the words of short texts, to verify their near-duplicates  # long lines of kept documents -> the first such document
+        self.lines: dict[str, str] = {}  # long lines of kept documents -> the first such document
+        self.short: dict[str, list[str]] = {}  # the words of short texts, to verify their near-duplicates
         self.near = NearDuplicateIndex(cfg.minhash_bands, cfg.minhash_rows, cfg.minhash_threshold)
         self.reasons, self.funnel = Counter(), Counter()
         self.domain_in, self.domain_kept = Counter(), Counter()
@@ -390,7 +392,8 @@ def calibrate_quality(clf: TextClassifier, held: list[tuple[str, str]], cfg) -> 
     precision = kept_ref / max(1, kept_ref + kept_web)
     enabled = precision - rules_precision >= cfg.quality_min_gain
     clf.threshold = threshold if enabled else 0.0
-    return {**figures, "classifier_quality_enabled": int(enabled), "classifier_quality_threshold": round(clf.threshold, 4),
+    return {**figures, "classifier_quality_enabled": int(enabled),
+            "classifier_quality_threshold": round(clf.threshold, 4),
             "classifier_quality_calibrated_threshold": round(threshold, 4),
             "classifier_quality_rules_keep_precision": round(rules_precision, 4),
             "classifier_quality_keep_precision": round(precision, 4),

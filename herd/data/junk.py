@@ -87,7 +87,8 @@ def _junk(kind: str, rng: random.Random, prose: list[dict], code: list[dict], qu
         text = "Lorem ipsum dolor sit amet, " + " ".join(rng.choice(LOREM) for _ in range(rng.randint(60, 300)))
     elif kind == "template":  # an unfilled page template around real prose
         first = text.split(". ")[0]
-        text, copy_of = f"{{{{page_title}}}}\n{first}. [Insert company description here.]\nContact us at {{{{email}}}}.", src["id"]
+        text = f"{{{{page_title}}}}\n{first}. [Insert company description here.]\nContact us at {{{{email}}}}."
+        copy_of = src["id"]
     elif kind in ("mojibake", "mojibake-nbsp", "mojibake-lost"):
         # A copy that went through broken pipelines: UTF-8 read as CP1252/Latin-1 once, non-breaking
         # spaces encoded two or three times ("Ã‚Â"), or CP1252 with the undefined bytes lost.
