@@ -7,7 +7,9 @@ C4QualityFilter + FineWebQualityFilter chained, plus MinhashDedupSignature's shi
 signature (its bucket and cluster stages run as separate jobs on disk and are not timed, which
 favours datatrove). Quality is compared on the same documents: the drop rate of each kind of
 generated junk, the keep rate of clean prose and code, and keep precision/recall against the DCLM
-human labels when ../shared/data is present. The last line printed is one JSON object.
+human labels when ../shared/data is present; then on the mixed, unlabelled set of
+herd/data/junk.py (Wikipedia, HumanEval, MBPP and junk made from them), Herd with --domain auto
+and as web pages against datatrove's filters. The last line printed is one JSON object.
 
     pip install -e ".[bench]"; python benchmarks/filter.py
 """
@@ -21,9 +23,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from herd.data import corpus
+from herd.data import corpus, junk
 from herd.data.corpus import CorpusConfig
-from herd.data.filter import FilterRun, train_classifiers
+from herd.data.filter import FilterRun, eval_ngrams, train_classifiers
+from herd.data.io import read_table
 from herd.recipe import check_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,14 +47,20 @@ def documents() -> list[dict]:
     return docs
 
 
-def herd_decisions(docs: list[dict], cfg, classifiers) -> tuple[dict[str, bool], float]:
-    cfg = OmegaConf.merge(cfg, {"workers": 1})
+def herd_filter(docs: list[dict], cfg, classifiers, grams: set) -> tuple[dict[str, str], dict[str, str], float]:
+    """Herd's kept texts by id, what each deduplicated document duplicates, and the seconds taken."""
     with tempfile.TemporaryDirectory() as tmp:
         run = FilterRun(cfg, Path(tmp))
         start = time.perf_counter()
-        run.run(docs, (OmegaConf.to_container(cfg), set(), *classifiers))
+        run.run(docs, (OmegaConf.to_container(cfg), grams, *classifiers))
         elapsed = time.perf_counter() - start
-        kept = {m["id"] for m in run.kept_meta}
+        kept = {r["id"]: r["text"] for r in read_table(Path(tmp) / "kept")}
+        dups = {r["id"]: r["duplicate_of"] for r in read_table(Path(tmp) / "rejects") if r.get("duplicate_of")}
+    return kept, dups, elapsed
+
+
+def herd_decisions(docs: list[dict], cfg, classifiers) -> tuple[dict[str, bool], float]:
+    kept, _, elapsed = herd_filter(docs, cfg, classifiers, set())
     return {d["id"]: d["id"] in kept for d in docs}, elapsed
 
 
@@ -110,7 +119,25 @@ def main() -> None:
     result = {"benchmark": "filter", "documents": len(docs), "herd_docs_per_s_per_core": round(len(docs) / herd_s, 1),
               "datatrove_docs_per_s_per_core": round(len(docs) / peer_s, 1), "ratio": round(peer_s / herd_s, 3),
               "herd_quality": quality(docs, herd), "datatrove_quality": quality(docs, peer)}
+    if (SHARED / "gsm8k").exists():
+        result.update(mixed_quality(cfg, classifiers))
     print(json.dumps(result))
+
+
+def mixed_quality(cfg, classifiers) -> dict:
+    """Both filters on the mixed, unlabelled set; datatrove has no decontamination, so its kept
+    documents are taken as they are (a leaked question stays in)."""
+    docs = junk.shared_mixed_set(SHARED)
+    grams = eval_ngrams([SHARED / "gsm8k" / "test.jsonl.gz"], cfg.decontam_ngram)
+    out = {"mixed_documents": len(docs)}
+    for mode in ("auto", "web"):
+        kept, dups, seconds = herd_filter([{**d, "domain": mode} for d in docs], cfg, classifiers, grams)
+        out[f"mixed_herd_{mode}"] = junk.scorecard(docs, kept, dups)
+        out[f"mixed_herd_{mode}_docs_per_s_per_core"] = round(len(docs) / seconds, 1)
+    decisions, seconds = datatrove_decisions(docs)
+    out["mixed_datatrove"] = junk.scorecard(docs, {d["id"]: d["text"] for d in docs if decisions[d["id"]]}, {})
+    out["mixed_datatrove_docs_per_s_per_core"] = round(len(docs) / seconds, 1)
+    return out
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ BAD_PARAMS = [
     ("model.dim", 0, "model.dim"),
     ("filter.validation_frac", 2.0, "filter.validation_frac"),
     ("filter.minhash_threshold", 1.5, "filter.minhash_threshold"),
-    ("filter.quality_threshold", -0.1, "filter.quality_threshold"),
+    ("filter.quality_reference_recall", 1.5, "filter.quality_reference_recall"),
     ("filter.min_mean_word_len", 20.0, "filter.min_mean_word_len"),
     ("filter.weights", {"web": -1.0}, "filter.weights.web"),
     ("corpus.math_test_problems", 0, "corpus.math_test_problems"),

@@ -287,7 +287,8 @@ def test_standalone_cli(tmp_path):
     rejects = {r["id"]: r for r in read_table(out / "rejects")}
     assert [rejects[d["id"]]["reject_reason"] for d in docs[:3]] == ["exact_duplicate"] * 3  # later copies
     assert rejects["docs.jsonl:29"]["reject_reason"] == "unreadable_record"
-    others = [r["reject_reason"] for i, r in rejects.items() if i not in [d["id"] for d in docs[:3]] + ["docs.jsonl:29"]]
+    copies = [d["id"] for d in docs[:3]] + ["docs.jsonl:29"]
+    others = [r["reject_reason"] for i, r in rejects.items() if i not in copies]
     assert set(others) <= {"near_duplicate"}
     kept = {r["id"]: r for r in read_table(out / "kept")}
     assert all(kept[d["id"]]["domain"] == "code" for d in docs[20:])
