@@ -296,3 +296,7 @@ def test_standalone_cli(tmp_path):
     again = subprocess.run(["herd", "filter", "--input", str(source), "--output", str(out)],
                            cwd=REPO, capture_output=True, text=True)
     assert again.returncode == 2 and "is not empty" in again.stderr and "Traceback" not in again.stderr
+    wrong = subprocess.run(["herd", "filter", "--input", str(source), "--output", str(tmp_path / "new"),
+                            "--domain", "webb"], cwd=REPO, capture_output=True, text=True)
+    assert wrong.returncode == 2 and "--domain: 'webb' is not one of web, prose" in wrong.stderr
+    assert not (tmp_path / "new").exists()

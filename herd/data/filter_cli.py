@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    if args.domain not in ("auto", "keep"):
+        check_domain(args.domain, "--domain")
     if not args.input.exists():
         raise HerdError(f"input {args.input} does not exist")
     if args.output.exists() and any(args.output.iterdir()):
@@ -54,9 +56,6 @@ def run(args: argparse.Namespace) -> None:
         quality, domains = TextClassifier.load(classifiers, "quality"), TextClassifier.load(classifiers, "domain")
     else:  # no pipeline run here: train the classifiers on the built-in corpus
         quality, domains, _ = train_classifiers(corpus.builtin_corpus(params.corpus, params.seed), cfg, params.seed)
-
-    if args.domain not in ("auto", "keep"):
-        check_domain(args.domain, "--domain")
 
     def docs():
         for doc in read_records(args.input, args.text_field):
