@@ -233,6 +233,23 @@ SPAM = ["BUY NOW!!! Best price guaranteed $$$", "Click here for FREE bonus!!!", 
         "WIN WIN WIN casino bonus $$$ ###", "hot singles in your area click >>> here <<<"]
 
 
+def junk_page(kind: str, rng: random.Random, src: str) -> str:
+    """A junk page of a kind that both the built-in corpus and the filter's mixed measuring set
+    (herd/data/junk.py) make, from the real text `src` where it copies one."""
+    if kind == "spam":
+        return "\n".join(rng.choice(SPAM) for _ in range(rng.randint(8, 30)))
+    if kind == "lorem":
+        return "Lorem ipsum dolor sit amet, " + " ".join(rng.choice(LOREM) for _ in range(rng.randint(60, 300)))
+    if kind == "symbols":
+        return " ".join(rng.choice(["###", "$$$", "@@", "...", "|", "%%"]) + w for w in src.split())
+    if kind == "header":  # a near-duplicate: a byline and a footer around a copied page
+        return (f"Posted by {rng.choice(NAMES)} on {rng.randint(1, 28)} March 20{rng.randint(10, 24)}.\n{src}\n"
+                f"This article was shared {rng.randint(2, 900)} times by our readers.")
+    if kind == "boilerplate":
+        return "\n".join(rng.choice(NAV) for _ in range(rng.randint(5, 15)))
+    raise ValueError(f"no shared junk page of kind '{kind}'")
+
+
 def web_pages(n: int, seed: int, prose: list[dict]) -> list[dict]:
     """Low-quality pages of every kind the filter must catch, plus pages wrapping real prose in
     navigation boilerplate (whose body should survive once the boilerplate lines are stripped)."""
@@ -245,16 +262,10 @@ def web_pages(n: int, seed: int, prose: list[dict]) -> list[dict]:
         src = prose[rng.randrange(len(prose))]["text"]
         if kind == "wrapped":
             text = "\n".join(rng.sample(NAV, 3) + [src] + rng.sample(NAV, 2))
-        elif kind == "spam":
-            text = "\n".join(rng.choice(SPAM) for _ in range(rng.randint(8, 30)))
-        elif kind == "lorem":
-            text = "Lorem ipsum dolor sit amet, " + " ".join(rng.choice(LOREM) for _ in range(rng.randint(60, 300)))
         elif kind == "mojibake":  # UTF-8 read as Latin-1 (repairable) or as CP1252 with bytes lost (not)
             text = "\u201c" + src.replace("'", "\u2019").replace(" - ", " \u2014 ") + "\u201d"
             codec = "latin-1" if (i // len(kinds)) % 2 else "cp1252"
             text = text.encode("utf-8").decode(codec, errors="replace")
-        elif kind == "symbols":
-            text = " ".join(rng.choice(["###", "$$$", "@@", "...", "|", "%%"]) + w for w in src.split())
         elif kind == "repeated":
             line = src.split(". ")[0]
             text = "\n".join([line] * rng.randint(6, 20))
@@ -265,11 +276,8 @@ def web_pages(n: int, seed: int, prose: list[dict]) -> list[dict]:
             for j in rng.sample(range(len(words)), max(1, len(words) * 3 // 100)):
                 words[j] = rng.choice(["very", "quite", "also", "often", "really", "simply"])
             text = " ".join(words)
-        elif kind == "header":  # a near-duplicate: a byline and a footer around a copied page
-            text = (f"Posted by {rng.choice(NAMES)} on {rng.randint(1, 28)} March 20{rng.randint(10, 24)}.\n{src}\n"
-                    f"This article was shared {rng.randint(2, 900)} times by our readers.")
         else:
-            text = "\n".join(rng.choice(NAV) for _ in range(rng.randint(5, 15)))
+            text = junk_page(kind, rng, src)
         docs.append({"id": f"web/{i}", "text": text, "domain": "web", "source": f"generated-web-{kind}",
                      "url": f"http://example.com/{kind}/{i}"})
     return docs

@@ -7,15 +7,13 @@ its `domain` is "auto", so the filter sees nothing but the text. Copies come aft
 as a crawl meets them. Used by tests/test_filters.py and benchmarks/filter.py.
 """
 
-import gzip
-import json
 import keyword
 import random
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
-from herd.data.corpus import LOREM, NAMES, NAV, SPAM
+from herd.data.corpus import junk_page
+from herd.data.io import read_jsonl
 
 KINDS = ("duplicate", "edited", "header", "boilerplate", "menu", "spam", "keywords", "lorem", "template",
          "mojibake", "mojibake-nbsp", "mojibake-lost", "fragment", "table", "repeated", "symbols", "contaminated")
@@ -25,30 +23,19 @@ KEYWORDS = ["cheap flights", "best price", "buy online", "free shipping", "disco
             "near me", "london hotels", "casino bonus", "weight loss", "crypto trading", "car insurance quote"]
 
 
-def _jsonl(path: Path) -> Iterator[dict]:
-    with gzip.open(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)
-
-
-def wikipedia(shared: Path, n: int, skip: int = 0) -> list[dict]:
-    """Wikipedia articles of at least 10 words (shorter pages are extraction remnants such as
-    "X may refer to:" with the list stripped)."""
-    docs = []
-    for i, row in enumerate(_jsonl(shared / "prose" / "enwiki_2018_wikiextractor.jsonl.gz")):
-        if i >= skip and len(row["text"].split()) >= 10:
-            docs.append({"id": f"wiki/{row['id']}", "text": row["text"]})
-            if len(docs) == n:
-                break
-    return docs
+def wikipedia(shared: Path, n: int) -> list[dict]:
+    """The first `n` Wikipedia articles of at least 10 words (shorter pages are extraction remnants
+    such as "X may refer to:" with the list stripped)."""
+    rows = read_jsonl(shared / "prose" / "enwiki_2018_wikiextractor.jsonl.gz")
+    return [{"id": f"wiki/{r['id']}", "text": r["text"]} for r in rows if len(r["text"].split()) >= 10][:n]
 
 
 def python_code(shared: Path) -> list[dict]:
     """HumanEval (prompt and solution) and MBPP reference solutions: short, real Python."""
     docs = [{"id": f"humaneval/{r['task_id']}", "text": r["prompt"] + r["canonical_solution"]}
-            for r in _jsonl(shared / "code" / "HumanEval.jsonl.gz")]
+            for r in read_jsonl(shared / "code" / "HumanEval.jsonl.gz")]
     docs += [{"id": f"mbpp/{r['task_id']}", "text": r["code"].replace("\r\n", "\n")}
-             for r in _jsonl(shared / "code" / "mbpp.jsonl.gz")]
+             for r in read_jsonl(shared / "code" / "mbpp.jsonl.gz")]
     return docs
 
 
@@ -69,22 +56,16 @@ def _junk(kind: str, rng: random.Random, prose: list[dict], code: list[dict], qu
         for a, b in sorted(rng.sample(spans, min(len(spans), max(1, len(spans) * 3 // 100))), reverse=True):
             text = text[:a] + rng.choice(["very", "quite", "also", "often", "really", "simply"]) + text[b:]
         copy_of = src["id"]
-    elif kind == "header":
-        text = (f"Posted by {rng.choice(NAMES)} on {rng.randint(1, 28)} March 20{rng.randint(10, 24)}.\n{text}\n"
-                f"This article was shared {rng.randint(2, 900)} times by our readers.")
-        copy_of = src["id"]
-    elif kind == "boilerplate":
-        text = "\n".join(rng.choice(NAV) for _ in range(rng.randint(5, 15)))
+    elif kind in ("header", "symbols"):
+        text, copy_of = junk_page(kind, rng, text), src["id"]
+    elif kind in ("boilerplate", "spam", "lorem"):
+        text = junk_page(kind, rng, text)
     elif kind == "menu":
         text = "\n".join(rng.sample(MENU, rng.randint(6, 14)))
-    elif kind == "spam":
-        text = "\n".join(rng.choice(SPAM) for _ in range(rng.randint(8, 30)))
     elif kind == "keywords":  # SEO pages: the same few phrases in every order
         phrases = rng.sample(KEYWORDS, 4)
         text = " ".join(f"{rng.choice(phrases)} {rng.choice(['', '2024', 'deals', 'uk', 'online'])}".strip()
                         for _ in range(rng.randint(30, 120)))
-    elif kind == "lorem":
-        text = "Lorem ipsum dolor sit amet, " + " ".join(rng.choice(LOREM) for _ in range(rng.randint(60, 300)))
     elif kind == "template":  # an unfilled page template around real prose
         first = text.split(". ")[0]
         text = f"{{{{page_title}}}}\n{first}. [Insert company description here.]\nContact us at {{{{email}}}}."
@@ -115,9 +96,6 @@ def _junk(kind: str, rng: random.Random, prose: list[dict], code: list[dict], qu
     elif kind == "repeated":
         line = text.split(". ")[0].rstrip(".") + "."
         text = "\n".join([line] * rng.randint(6, 20))
-    elif kind == "symbols":
-        text = " ".join(rng.choice(["###", "$$$", "@@", "...", "|", "%%"]) + w for w in text.split())
-        copy_of = src["id"]
     elif kind == "contaminated":  # an eval question pasted into an article
         paragraphs = text.split("\n")
         leak = rng.choice(questions)
@@ -145,7 +123,7 @@ def mixed_set(prose: list[dict], code: list[dict], questions: list[str], per_kin
 def shared_mixed_set(shared: Path, per_kind: int = 40, seed: int = 0) -> list[dict]:
     """The mixed set from ../shared/data: 600 Wikipedia articles, HumanEval and MBPP, GSM8K test
     questions leaked into articles."""
-    questions = [r["question"] for r in _jsonl(shared / "gsm8k" / "test.jsonl.gz")]
+    questions = [r["question"] for r in read_jsonl(shared / "gsm8k" / "test.jsonl.gz")]
     return mixed_set(wikipedia(shared, 600), python_code(shared), questions, per_kind, seed)
 
 
@@ -156,7 +134,7 @@ def scorecard(docs: list[dict], kept: dict[str, str], duplicate_of: dict[str, st
     MBPP's near-identical solutions). A leaked eval question counts as removed when its document
     is dropped or the question was cut out of it."""
     kinds = {d["id"]: d["kind"] for d in docs}
-    card, totals = {}, {"junk": [0, 0]}
+    card, removed_junk, junk_docs = {}, 0, 0
     for kind in ("clean-prose", "clean-code", *KINDS):
         docs_of_kind = [d for d in docs if d["kind"] == kind]
         if not docs_of_kind:
@@ -169,7 +147,7 @@ def scorecard(docs: list[dict], kept: dict[str, str], duplicate_of: dict[str, st
         removed = sum(d["id"] not in kept or (kind == "contaminated" and d["leak"] not in kept[d["id"]])
                       for d in docs_of_kind)
         card[f"removed_{kind}"] = round(removed / len(docs_of_kind), 4)
-        totals["junk"][0] += removed
-        totals["junk"][1] += len(docs_of_kind)
-    card["removed_junk"] = round(totals["junk"][0] / max(1, totals["junk"][1]), 4)
+        removed_junk += removed
+        junk_docs += len(docs_of_kind)
+    card["removed_junk"] = round(removed_junk / max(1, junk_docs), 4)
     return card
