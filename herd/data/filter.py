@@ -176,10 +176,9 @@ class Scorer:
             out["reject_reason"] = "empty_after_normalisation"
             return out
         out["_key"] = filters.dedup_key(text)
-        out["_sig"] = self.hasher.signature(text)
         words = filters.WORD.findall(text.lower())
+        out["_sig"] = self.hasher.signature(words)
         out["_short"] = words if len(words) < cfg.minhash_min_words else None
-        out["_lines"] = filters.long_line_keys(text, cfg.line_dedup_min_words)
         # A page routed to web by content is held to the quality classifier, not to the stricter
         # rules for declared web crawls (C4 line filter, web_min_words): it may be a short article.
         rules = "prose" if domain == "web" and declared == "auto" else domain
@@ -187,6 +186,7 @@ class Scorer:
         if reason:
             out["reject_reason"] = reason
             return out
+        out["_lines"] = filters.long_line_keys(text, cfg.line_dedup_min_words)  # only kept documents use them
         out["funnel"] = "heuristics"
         out["quality_score"] = round(float(self.quality.predict_proba(text)[self.reference]), 4)
         if domain in cfg.quality_domains and out["quality_score"] < self.quality.threshold:

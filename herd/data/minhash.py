@@ -8,14 +8,12 @@ whole band become candidates; a candidate counts as a duplicate when its estimat
 the threshold. The first occurrence wins, so the result is deterministic for a given order.
 """
 
-import re
 from collections.abc import Callable
 
 import numpy as np
 import xxhash
 
 MERSENNE = np.uint64((1 << 61) - 1)
-WORD = re.compile(r"\w+")
 
 
 class MinHasher:
@@ -28,8 +26,8 @@ class MinHasher:
         self.a = rng.integers(1, int(MERSENNE), size=bands * rows, dtype=np.uint64)
         self.b = rng.integers(0, int(MERSENNE), size=bands * rows, dtype=np.uint64)
 
-    def signature(self, text: str) -> np.ndarray:
-        words = WORD.findall(text.lower())
+    def signature(self, words: list[str]) -> np.ndarray:
+        """The signature of a text given as its lower-cased words."""
         if len(words) >= self.min_words:
             n = self.ngram
             grams = {" ".join(words[i : i + n]) for i in range(max(1, len(words) - n + 1))}

@@ -28,7 +28,7 @@ BOILERPLATE = re.compile(
     re.IGNORECASE,
 )
 # What is left of mis-decoded UTF-8 once repair has done what it can ("Ã©", "â€™", "Â" runs).
-MOJIBAKE = re.compile("[ÃÂâ][\u0080-\u00bf\u20ac\u201a-\u201e\u2020-\u2022\u2122\u0152\u0153\u0160\u0161]|Ã.|\ufffd")
+MOJIBAKE = re.compile("[ÃÂâ][\u0080-\u00bf\u20ac\u201a-\u201e\u2020-\u2022\u2122\u0152\u0153\u0160\u0161]|Ã.")
 LOREM_WORDS = frozenset("lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod tempor "
                         "incididunt ut labore et dolore magna aliqua enim ad minim veniam quis nostrud".split())
 # Unfilled templates. Code legitimately writes "{{" (f-strings, Jinja), so it is held to the rest.
