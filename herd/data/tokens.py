@@ -15,6 +15,19 @@ from herd.errors import HerdError
 
 EOT, PAD, USER, ASSISTANT, END = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"
 
+# Herd's chat format (herd/post/chat.py) as a `transformers` chat template. Herd has no system turn;
+# a template that dropped a system message would answer a prompt other than the one it was given.
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{{- '<|user|>' + message['content'] -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- '<|assistant|>' + message['content'] + '<|end|>' -}}"
+    "{%- else -%}{{- raise_exception('the Herd chat format has user and assistant messages only, not '"
+    " + message['role']) -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
+)
+
 
 def train_tokenizer(texts, vocab_size: int, min_frequency: int, special_tokens: list[str]) -> Tokenizer:
     tok = Tokenizer(models.BPE())
@@ -33,9 +46,13 @@ def save_tokenizer(tok: Tokenizer, folder: Path) -> None:
     """tokenizer.json plus the small config `transformers.AutoTokenizer` needs to load it."""
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
+    # No BOS is added (the post-processor adds nothing); <|endoftext|> ends every document in the token
+    # streams, so it is the model's document boundary at both ends (config.json's bos and eos ids).
+    # Decoding keeps the spaces `tokenizers` decodes, as Herd's own decode does.
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": PAD,
-        "additional_special_tokens": [USER, ASSISTANT, END], "model_max_length": 1 << 20,
+        "additional_special_tokens": [USER, ASSISTANT, END], "chat_template": CHAT_TEMPLATE,
+        "clean_up_tokenization_spaces": False, "model_max_length": 1 << 20,
     }, indent=2) + "\n")
 
 

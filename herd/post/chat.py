@@ -30,6 +30,18 @@ class ChatFormat:
     def decode(self, ids: list[int]) -> str:
         return self.tok.decode([i for i in ids if i not in self.stops]).strip()
 
+    def conversations(self, pairs: list[tuple[list[int], list[int]]], max_len: int) -> dict:
+        """Whole conversations (prompt + response, the closing <|end|> included), right-padded,
+        with each row's last index: what a reward model reads and scores at its last token, the
+        same input as the chat template's rendering of the conversation."""
+        ids = torch.full((len(pairs), max_len), self.pad, dtype=torch.long)
+        last = torch.zeros(len(pairs), dtype=torch.long)
+        for i, (prompt, response) in enumerate(pairs):
+            seq = (prompt + response)[:max_len]
+            ids[i, : len(seq)] = torch.tensor(seq)
+            last[i] = len(seq) - 1
+        return {"input_ids": ids, "last": last}
+
     def batch(self, pairs: list[tuple[list[int], list[int]]], max_len: int) -> dict:
         """Right-padded input ids, labels on response tokens only, and each row's last index."""
         ids = torch.full((len(pairs), max_len), self.pad, dtype=torch.long)

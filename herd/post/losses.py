@@ -16,7 +16,7 @@ def sequence_logprobs(model, batch: dict) -> torch.Tensor:
 
 
 def rewards(model, batch: dict) -> torch.Tensor:
-    """Reward-model score at each row's last token."""
+    """Reward-model score at each row's last token (a conversation's closing <|end|>)."""
     scores = model(batch["input_ids"]).float()
     return scores[torch.arange(scores.shape[0]), batch["last"]]
 

@@ -17,5 +17,5 @@ def score_responses(model, fmt, pairs: list[tuple[str, str]], seq_len: int = 512
         chunk = rows[i : i + batch_size]
         longest = max(len(p) + len(r) for p, r in chunk)
         with autocast(precision):
-            scores += rewards(model, fmt.batch(chunk, min(seq_len, longest))).tolist()
+            scores += rewards(model, fmt.conversations(chunk, min(seq_len, longest))).tolist()
     return scores

@@ -1,12 +1,11 @@
 """What pretrain, extend and anneal share: load streams, train a causal LM on a window mix,
-report per-domain held-out loss, save the checkpoint with its tokenizer."""
+report per-domain held-out loss, save the model folder with its tokenizer."""
 
 import math
-import shutil
 from pathlib import Path
 
 from herd.data.tokens import load_streams
-from herd.model.llama import save_checkpoint
+from herd.model.export import export_model
 from herd.training.lm import PretrainLoss, WindowSampler, domain_losses
 from herd.training.loop import finish, train
 
@@ -51,9 +50,7 @@ def train_lm(st, model, tokens_dir: Path, *, section, weights: dict[str, float],
 
 
 def save_model(st, model, tokens_dir: Path) -> None:
-    """The checkpoint in the Hugging Face layout, with the tokenizer beside it."""
-    folder = st.out / "model"
-    save_checkpoint(model, folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tokens_dir / name, folder / name)
+    """The model in the Hugging Face layout (herd/model/export.py), with the tokenizer of `tokens_dir`,
+    as the kind of model its stage declares (base or policy)."""
+    export_model(st, model, tokens_dir, st.model_kind)
     finish(st)
