@@ -1,26 +1,66 @@
-"""The MLflow model registry: the models that matter (reward model, final policy) registered
-with an alias and tags that chain back, stage by stage, to the corpus' raw sources."""
+"""MLflow models: every training stage logs its checkpoint as a pyfunc model (with a signature,
+an input example and the generation params in a params schema); the models that matter (reward
+model, final policy) are registered with an alias and tags that chain back, stage by stage, to the
+corpus' raw sources.
 
+A logged model carries Herd's own code (`code_paths`), so its requirements are published
+packages only, pinned to the versions that trained it: a fresh environment can install them.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import mlflow
+import pandas as pd
+from mlflow.models import infer_signature
 
 SERVING_CODE = Path(__file__).with_name("serving.py")
+HERD_PACKAGE = Path(__file__).resolve().parents[1]
+# What loading and running a checkpoint imports (herd/runtime/serving.py and what it imports).
+REQUIREMENTS = ("torch", "tokenizers", "safetensors", "numpy", "pandas", "omegaconf", "mlflow")
+# The generation params a policy or base model takes at predict time, with their defaults.
+GENERATION_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "seed": 0}
+EXAMPLE_PROMPT = "Ava has 3 apples and buys 4 more. How many apples does Ava have?"
 
 
-def register(st, checkpoint: Path, kind: str, name: str) -> str | None:
-    """Log `checkpoint` as a pyfunc model in the stage's run, register it as `name`, point the
-    alias at the new version and tag it with its lineage. Returns the version."""
-    tcfg = st.cfg.runtime.tracking
-    info = mlflow.pyfunc.log_model(
-        name=kind, python_model=str(SERVING_CODE), artifacts={"checkpoint": str(checkpoint)},
-        model_config={"kind": kind}, pip_requirements=["herd"],
+def requirements() -> list[str]:
+    pins = []
+    for name in REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name).split('+')[0]}")  # "+cpu": a local build tag no index knows
+        except PackageNotFoundError:
+            pins.append(name)
+    return pins
+
+
+def signature(kind: str):
+    """What the model takes and returns: a `prompt` column (and `response` for a reward model)."""
+    if kind == "reward":
+        example = pd.DataFrame({"prompt": [EXAMPLE_PROMPT], "response": ["Ava has 3 + 4 = 7 apples. The answer is 7."]})
+        return example, infer_signature(example, [0.0])
+    example = pd.DataFrame({"prompt": [EXAMPLE_PROMPT]})
+    return example, infer_signature(example, ["The answer is 7."], params=GENERATION_PARAMS)
+
+
+def log_model(st, checkpoint: Path, kind: str):
+    """Log `checkpoint` as the stage run's pyfunc model of `kind` (base, policy or reward)."""
+    example, sig = signature(kind)
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(SERVING_CODE), artifacts={"checkpoint": str(checkpoint)},
+        model_config={"kind": kind}, code_paths=[str(HERD_PACKAGE)], pip_requirements=requirements(),
+        signature=sig, input_example=example, tags={"herd.stage": st.name},
     )
+
+
+def register(st, info, name: str) -> str | None:
+    """Register the logged model `info` as `name`, point the alias at the new version and tag it
+    with its lineage. Returns the version."""
+    tcfg = st.cfg.runtime.tracking
     if not tcfg.register:
         return None
-    version = mlflow.register_model(info.model_uri, name)
+    version_ = mlflow.register_model(info.model_uri, name)
     client = mlflow.MlflowClient()
-    client.set_registered_model_alias(name, tcfg.alias, version.version)
+    client.set_registered_model_alias(name, tcfg.alias, version_.version)
     tags = {"herd.stage": st.name, "herd.run_id": st.run_id}
     for stage, record in st.lineage().items():
         tags[f"lineage.{stage}.run_id"] = record["run_id"]
@@ -28,5 +68,5 @@ def register(st, checkpoint: Path, kind: str, name: str) -> str | None:
         if "sources" in record:
             tags[f"lineage.{stage}.sources"] = ",".join(record["sources"])
     for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
-    return version.version
+        client.set_model_version_tag(name, version_.version, key, value)
+    return version_.version

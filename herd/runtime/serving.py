@@ -2,8 +2,10 @@
 
 MLflow copies this file into every logged model; the checkpoint folder (safetensors, config and
 tokenizer) travels as the model's artifact. `model_config["kind"]` says what it serves:
-- policy: input a DataFrame with a `prompt` column, output the greedy response to each;
+- policy: input a DataFrame with a `prompt` column, output the response to each in the chat format;
+- base: the same for a base model, prompted as in pretraining (`Question: ...\nAnswer:`);
 - reward: input `prompt` and `response` columns, output one scalar reward each.
+Generation params (policy, base): max_new_tokens, temperature (0: greedy), top_k (0: off), seed.
 """
 
 from pathlib import Path
@@ -31,8 +33,14 @@ class HerdModel(mlflow.pyfunc.PythonModel):
         if self.kind == "reward":
             pairs = list(zip(prompts, _column(model_input, "response"), strict=True))
             return score_responses(self.model, self.fmt, pairs)
-        max_new = int((params or {}).get("max_new_tokens", 64))
-        return [self.fmt.decode(sample(self.model, self.fmt.prompt(p), 1, max_new, 0.0, 0, self.fmt.stops)[0])
+        import torch
+
+        params = params or {}
+        generator = torch.Generator().manual_seed(int(params.get("seed", 0)))
+        encode = self.fmt.prompt if self.kind == "policy" else self.fmt.base_prompt
+        return [self.fmt.decode(sample(self.model, encode(p), 1, int(params.get("max_new_tokens", 64)),
+                                       float(params.get("temperature", 0.0)), int(params.get("top_k", 0)),
+                                       self.fmt.stops, generator=generator)[0])
                 for p in prompts]
 
 

@@ -1,8 +1,9 @@
 """MLflow tracking: a local SQLite store inside the project by default, a server when configured.
 
 One run per stage execution, nested under the pipeline's run when the flow drives it (the flow
-passes its run id in HERD_PARENT_RUN_ID). Step metrics are buffered and sent with `log_batch`,
-which is ~50x faster than one call per value.
+passes its run id in HERD_PARENT_RUN_ID), under a run named for the experiment when `dvc exp run`
+does, and under one `dvc repro` run per code version when `dvc repro` does. Step metrics are
+buffered and sent with `log_batch`, which is ~50x faster than one call per value.
 """
 
 import os
@@ -35,6 +36,27 @@ def setup(tracking_cfg, root: Path) -> str:
     # With a database store MLflow would put artifacts under ./mlruns of whatever cwd; keep them in .herd.
     location = (state_dir(root) / "mlartifacts").as_uri() if uri.startswith("sqlite") else None
     return mlflow.create_experiment(tracking_cfg.experiment, artifact_location=location)
+
+
+def launcher_parent(experiment_id: str, code_version: str) -> tuple[str | None, dict[str, str]]:
+    """(parent run id, tags) for a stage run: the flow's run, or for a stage DVC started itself
+    (DVC sets DVC_STAGE, and DVC_EXP_NAME in an experiment) a group run found or made by name."""
+    from mlflow.tracking import MlflowClient
+
+    if os.environ.get(PARENT_RUN_ENV):
+        return os.environ[PARENT_RUN_ENV], {"herd.launcher": "herd run"}
+    if not os.environ.get("DVC_STAGE"):
+        return None, {"herd.launcher": "python -m"}
+    exp = os.environ.get("DVC_EXP_NAME")
+    group = f"dvc exp run {exp}" if exp else f"dvc repro @ {code_version}"
+    tags = {"herd.launcher": "dvc exp run" if exp else "dvc repro", **({"herd.dvc_exp": exp} if exp else {})}
+    client = MlflowClient()
+    found = client.search_runs([experiment_id], f"tags.`herd.group` = '{group}'", max_results=1)
+    if found:
+        return found[0].info.run_id, tags
+    run = client.create_run(experiment_id, run_name=group, tags={"herd.group": group, "herd.stage": "pipeline", **tags})
+    client.set_terminated(run.info.run_id)  # a label for its children; it does no work itself
+    return run.info.run_id, tags
 
 
 def close_abandoned_runs(experiment_id: str, stage: str) -> None:
