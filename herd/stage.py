@@ -17,6 +17,7 @@ killed stage leaves the last good output untouched and never a half-written fold
 """
 
 import argparse
+import fnmatch
 import hashlib
 import importlib
 import json
@@ -38,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from herd.atomic import recover, swap_in
 from herd.config import load_sections
 from herd.errors import HerdError
-from herd.runtime import tracking
+from herd.runtime import registry, tracking
 from herd.runtime.config import RuntimeConfig
 from herd.runtime.env import VERBOSE_ENV, project_root, state_dir
 from herd.training import distributed
@@ -47,17 +48,45 @@ CODE_DIRS = ("herd", "tasks")
 
 
 @dataclass(frozen=True)
+class Plot:
+    """A DVC plot of one column of a table a stage writes (`dvc plots show` / `dvc plots diff`)."""
+
+    table: str
+    x: str
+    y: str
+    title: str
+    template: str = "linear"
+
+
+# Every stage that runs the training loop has its curve (herd/training/loop.py writes the table).
+CURVE_PLOTS = (Plot("curve", "step", "loss", "training loss"), Plot("curve", "step", "lr", "learning rate"))
+
+
+@dataclass(frozen=True)
 class StageSpec:
     """What a stage module declares about itself: its help text, the roles of the upstream
     outputs it reads (`optional` ones may be left out; `inputs=None` takes any roles), the params
-    sections it reads (with their schemas; `runtime` is always there), and whether it may run
-    data-parallel under torchrun."""
+    sections it reads (with their schemas; `runtime` is always there), whether it may run
+    data-parallel under torchrun, its headline metrics and the tables it plots.
+
+    Headline metrics (keys of its metrics, shell-style patterns) go to metrics/<name>.json and
+    plotted tables to plots/<name>/<table>.csv: small files tracked by git, so `dvc exp show`,
+    `dvc metrics diff` and `dvc plots diff` compare them across commits and experiments while
+    the full output stays in artifacts/<name>."""
 
     doc: str
     inputs: tuple[str, ...] | None
     params: dict[str, type]
     optional: tuple[str, ...] = ()
     distributed: bool = False
+    headline: tuple[str, ...] = ()
+    plots: tuple[Plot, ...] = ()
+    model: str | None = None  # the kind of model it saves in model/ (base, policy, reward), logged to MLflow
+    registers: str | None = None  # the runtime.tracking key naming the registered model it becomes
+
+    @property
+    def tables(self) -> list[str]:
+        return list(dict.fromkeys(p.table for p in self.plots))
 
     def check_roles(self, name: str, given: dict[str, str]) -> None:
         if self.inputs is None:
@@ -105,7 +134,9 @@ class StageRun:
     inputs: dict[str, Path]  # role -> upstream output folder
     input_hashes: dict[str, str]  # upstream stage -> content hash
     run_id: str
+    model_kind: str | None = None  # the spec's `model`: what its model/ folder holds
     metrics: dict = field(default_factory=dict)
+    tables: dict[str, list[dict]] = field(default_factory=dict)  # name -> rows, written as <name>.csv
     manifest: dict = field(default_factory=dict)  # extra lineage fields (e.g. the raw sources)
     logger: tracking.MetricLogger | None = None
 
@@ -182,7 +213,7 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
     input_hashes = {stage: hash_path(artifacts / stage) for stage in inputs.values()}
     distributed.init()
     if not distributed.is_main():
-        yield from _worker_run(name, cfg, root, input_dirs, input_hashes)
+        yield from _worker_run(spec, name, cfg, root, input_dirs, input_hashes)
         return
     tmp = artifacts / f".{name}.tmp"
     if tmp.exists():
@@ -193,13 +224,14 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
 
     experiment_id = tracking.setup(cfg.runtime.tracking, root)
     tracking.close_abandoned_runs(experiment_id, name)
-    parent = os.environ.get(tracking.PARENT_RUN_ENV) or None
+    code = code_version(root)
+    parent, launcher_tags = tracking.launcher_parent(experiment_id, (code["git_commit"] or code["code_sha256"])[:10])
     started = time.time()
-    st = StageRun(name, cfg, root, tmp, input_dirs, input_hashes, "")
+    st = StageRun(name, cfg, root, tmp, input_dirs, input_hashes, "", spec.model)
     params = st.recipe_params
     _seed_everything(int(params.get("seed", 0)))
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent,
-                          tags={"herd.stage": name}) as run:
+                          tags={"herd.stage": name, **launcher_tags}) as run:
         mlflow.log_params(tracking.flatten(params))
         st.run_id, st.logger = run.info.run_id, tracking.MetricLogger(run.info.run_id)
         try:
@@ -214,6 +246,13 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
         wall = time.time() - started
         st.metrics["wall_time_s"] = round(wall, 2)
         (tmp / "metrics.json").write_text(json.dumps(st.metrics, indent=2, sort_keys=True) + "\n")
+        missing = [t for t in spec.tables if t not in st.tables]
+        if missing:
+            raise HerdError(f"stage {name} declares the plots {', '.join(missing)} but wrote no such table")
+        for table, rows in st.tables.items():
+            write_csv(rows, tmp / f"{table}.csv")
+        for path in draw_curves(spec, st, tmp):
+            mlflow.log_artifact(str(path), "plots")
         scalars = {k: float(v) for k, v in st.metrics.items() if isinstance(v, (int, float))}
         if scalars:
             mlflow.log_metrics(scalars)
@@ -221,9 +260,8 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
             "stage": name,
             "params": params,
             "inputs": input_hashes,
-            # Hash of the product itself (metrics.json holds the wall time, which varies run to run).
             "output_sha256": _hash_outputs(tmp),
-            "code": code_version(root),
+            "code": code,
             "seed": params.get("seed"),
             "wall_time_s": round(wall, 2),
             "mlflow_run_id": run.info.run_id,
@@ -233,24 +271,77 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         mlflow.log_dict(manifest, "manifest.json")
         swap_in(tmp, final)
+        publish(spec, st, root)
+        if spec.model:
+            info = registry.log_model(st, final / "model", spec.model)
+            if spec.registers:
+                registry.register(st, info, getattr(cfg.runtime.tracking, spec.registers))
     st.out = final
 
 
-def _worker_run(name: str, cfg, root: Path, input_dirs: dict[str, Path], input_hashes: dict[str, str]):
+def write_csv(rows: list[dict], path: Path) -> None:
+    import csv
+
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def draw_curves(spec: StageSpec, st: StageRun, folder: Path) -> list[Path]:
+    """The stage's line plots as PNGs beside its tables (a stage draws its other figures itself)."""
+    from herd.plots import curve_panels
+
+    paths = []
+    for plot in spec.plots:
+        if plot.template == "linear":
+            paths.append(folder / f"{plot.table}_{plot.y}.png")
+            curve_panels({st.name: st.tables[plot.table]}, plot.y, plot.y, plot.title, paths[-1])
+    return paths
+
+
+def headline(spec: StageSpec, metrics: dict) -> dict:
+    return {k: v for k, v in sorted(metrics.items())
+            if isinstance(v, (int, float)) and any(fnmatch.fnmatchcase(k, p) for p in spec.headline)}
+
+
+def publish(spec: StageSpec, st: StageRun, root: Path) -> None:
+    """The stage's git-tracked summary (see StageSpec): metrics/<name>.json keyed by the stage's
+    name (so `dvc exp show` shows `<stage>.<metric>`), and plots/<name>/ with its plotted tables."""
+    if spec.headline:
+        path = root / "metrics" / f"{st.name}.json"
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({st.name: headline(spec, st.metrics)}, indent=2) + "\n")
+        tmp.replace(path)
+    if spec.plots:
+        folder = root / "plots" / st.name
+        tmp = folder.with_name(f".{st.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for table in spec.tables:
+            write_csv(st.tables[table], tmp / f"{table}.csv")
+        swap_in(tmp, folder)
+
+
+def _worker_run(spec: StageSpec, name: str, cfg, root: Path, input_dirs: dict[str, Path],
+                input_hashes: dict[str, str]):
     """A non-zero rank of a distributed run computes alongside rank 0 but writes nothing that
     lasts: its output folder is thrown away and it opens no MLflow run."""
     tmp = root / "artifacts" / f".{name}.rank{distributed.rank()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        yield StageRun(name, cfg, root, tmp, input_dirs, input_hashes, "")
+        yield StageRun(name, cfg, root, tmp, input_dirs, input_hashes, "", spec.model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _hash_outputs(folder: Path) -> str:
     h = hashlib.sha256()
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("metrics.json", "manifest.json")):
+    # The product itself: not the run's records (metrics.json has the wall time, a model card the run id).
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name not in ("metrics.json", "manifest.json",
+                                                                                    "README.md")):
         h.update(f.relative_to(folder).as_posix().encode() + hash_path(f).encode())
     return h.hexdigest()
 

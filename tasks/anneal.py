@@ -10,7 +10,7 @@ from herd.config import ParamError, positive
 from herd.data.domains import check_weights
 from herd.data.tokens import load_streams
 from herd.model.llama import load_checkpoint
-from herd.stage import StageRun, StageSpec, main
+from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm_stage import eval_losses, save_model, train_lm
 from herd.training.schedule import linear_to_zero
@@ -40,7 +40,8 @@ class AnnealConfig:
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "tokenizer"),
-                 params={"seed": int, "train": TrainConfig, "anneal": AnnealConfig})
+                 params={"seed": int, "train": TrainConfig, "anneal": AnnealConfig},
+                 headline=("final_loss",), plots=CURVE_PLOTS, model="base")
 
 
 def run(st: StageRun) -> None:

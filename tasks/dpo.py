@@ -13,8 +13,7 @@ from herd.model.cross_entropy import IGNORE
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
 from herd.post.losses import dpo_loss, sequence_logprobs
-from herd.runtime.registry import register
-from herd.stage import StageRun, StageSpec, main
+from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm_stage import save_model
 from herd.training.loop import train
@@ -37,7 +36,9 @@ class DPOConfig:
         positive(self, "beta")
 
 
-SPEC = StageSpec(__doc__, inputs=("policy", "samples"), params={"seed": int, "train": TrainConfig, "dpo": DPOConfig})
+SPEC = StageSpec(__doc__, inputs=("policy", "samples"), params={"seed": int, "train": TrainConfig, "dpo": DPOConfig},
+                 headline=("final_loss",), plots=CURVE_PLOTS,
+                 model="policy", registers="policy_model")
 
 
 def run(st: StageRun) -> None:
@@ -74,7 +75,6 @@ def run(st: StageRun) -> None:
     ))
     st.metrics["pairs"] = len(pairs)
     save_model(st, policy, sft)
-    register(st, st.out / "model", "policy", st.cfg.runtime.tracking.policy_model)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,8 @@ from herd.stage import StageRun, StageSpec, main
 from herd.training.config import TrainConfig
 
 SPEC = StageSpec(__doc__, inputs=("model", "tokenizer", "corpus"),
-                 params={"train": TrainConfig, "evaluate": EvaluateConfig})
+                 params={"train": TrainConfig, "evaluate": EvaluateConfig},
+                 headline=("val_loss_mean_len*", "val_loss_long_len*", "math_exact_match"))
 
 
 def run(st: StageRun) -> None:

@@ -14,7 +14,8 @@ from herd.stage import StageRun, StageSpec, main
 from herd.training.config import TrainConfig
 
 SPEC = StageSpec(__doc__, inputs=("policy", "judge", "tokenizer", "corpus"), optional=("baseline",),
-                 params={"train": TrainConfig, "evaluate": EvaluateConfig})
+                 params={"train": TrainConfig, "evaluate": EvaluateConfig},
+                 headline=("val_loss_mean_len*", "math_exact_match", "win_rate_vs_baseline"))
 
 
 def run(st: StageRun) -> None:

@@ -11,7 +11,7 @@ from herd.stage import StageRun, StageSpec, main
 from herd.training.config import TrainConfig
 
 SPEC = StageSpec(__doc__, inputs=("reward", "corpus"),
-                 params={"seed": int, "train": TrainConfig, "evaluate": EvaluateConfig})
+                 params={"seed": int, "train": TrainConfig, "evaluate": EvaluateConfig}, headline=("heldout_accuracy",))
 
 
 def run(st: StageRun) -> None:

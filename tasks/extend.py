@@ -8,7 +8,7 @@ from herd.config import fraction, positive
 from herd.data.domains import check_weights
 from herd.data.tokens import load_streams
 from herd.model.llama import load_checkpoint
-from herd.stage import StageRun, StageSpec, main
+from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm_stage import save_model, train_lm
 from herd.training.schedule import warmup_cosine
@@ -38,7 +38,8 @@ class ExtendConfig:
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "tokenizer"),
-                 params={"seed": int, "train": TrainConfig, "extend": ExtendConfig})
+                 params={"seed": int, "train": TrainConfig, "extend": ExtendConfig},
+                 headline=("final_loss",), plots=CURVE_PLOTS, model="base")
 
 
 def run(st: StageRun) -> None:

@@ -1,12 +1,14 @@
 """filter: clean, classify, deduplicate, decontaminate and re-mix the raw corpus, then split it.
 
 Every input document ends up either in train/ or validation/ or in rejects/ with the rule that
-dropped it; metrics.json counts both per rule and per domain, funnel.png shows what each step
-removed. The rules themselves are herd/data/filter.py (also on any file: `herd filter`).
+dropped it; metrics.json counts both per rule and per domain; funnel.png (funnel.json) shows what
+each step removed, the rejects per rule and what mixing to the domain weights dropped or repeated.
+The rules themselves are herd/data/filter.py (also on any file: `herd filter`).
 """
 
 import json
 import shutil
+from collections import Counter
 
 import pyarrow.parquet as pq
 from omegaconf import OmegaConf
@@ -22,11 +24,12 @@ from herd.data.filter import (
     train_classifiers,
     write_mix,
 )
-from herd.data.io import read_records
+from herd.data.io import in_holdout, read_records
 from herd.plots import funnel_plot
-from herd.stage import StageRun, StageSpec, main
+from herd.stage import Plot, StageRun, StageSpec, main
 
-SPEC = StageSpec(__doc__, inputs=("corpus",), params={"seed": int, "filter": FilterConfig})
+SPEC = StageSpec(__doc__, inputs=("corpus",), params={"seed": int, "filter": FilterConfig}, headline=("kept",),
+                 plots=(Plot("funnel", "documents", "step", "documents left after each step", "bar_horizontal"),))
 
 
 def run(st: StageRun) -> None:
@@ -49,12 +52,31 @@ def run(st: StageRun) -> None:
         st.metrics.update(boilerplate_report([st.root / f for f in cfg.boilerplate_eval_files]))
     st.metrics.update(write_mix(filt, st.out, dict(cfg.weights), st.seed))
     shutil.rmtree(st.out / ".kept")
-    steps = [(step, filt.funnel[step]) for step in FUNNEL] + [("mix", st.metrics["train_documents"])]
-    funnel_plot(steps, st.out / "funnel.png")
-    (st.out / "funnel.json").write_text(json.dumps(dict(steps), indent=2) + "\n")
+    summary = funnel(filt, st.metrics, dict(cfg.weights), cfg.validation_frac)
+    funnel_plot(summary, st.out / "funnel.png")
+    (st.out / "funnel.json").write_text(json.dumps(summary, indent=2) + "\n")
+    st.tables["funnel"] = [{"step": step, "documents": n} for step, n in summary["documents"].items()]
     import mlflow
 
     mlflow.log_artifact(str(st.out / "funnel.png"))
+
+
+def funnel(filt: FilterRun, metrics: dict, weights: dict[str, float], validation_frac: float) -> dict:
+    """What each step left and removed (funnel.json, funnel.png): the documents after each filtering
+    step, after the validation split and in the training mix (copies counted: mixing to the weights
+    drops documents of plentiful domains and may repeat scarce ones); the rejects per rule; each
+    domain's share of characters before and after the mix, beside its weight."""
+    documents = {step: filt.funnel[step] for step in FUNNEL}
+    documents["validation_split"] = metrics["kept"] - metrics["validation_documents"]
+    documents["mix"] = metrics["train_documents"]
+    before = Counter()
+    for doc in filt.kept_meta:  # what write_mix mixed: the kept documents not held out
+        if not in_holdout(doc["id"], validation_frac):
+            before[doc["domain"]] += doc["chars"]
+    total = sum(before.values()) or 1
+    mix = {domain: {"before": round(before[domain] / total, 4), "after": metrics.get(f"mix_share_{domain}", 0.0),
+                    "weight": weights.get(domain, 0.0)} for domain in sorted(set(before) | set(weights))}
+    return {"documents": documents, "rejected": dict(filt.reasons.most_common()), "mix": mix}
 
 
 if __name__ == "__main__":

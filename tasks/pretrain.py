@@ -12,7 +12,7 @@ from herd.data.domains import check_weights
 from herd.data.tokens import EOT, PAD, load_streams, load_tokenizer, special_id
 from herd.errors import HerdError
 from herd.model.llama import Llama, LlamaConfig, load_checkpoint
-from herd.stage import StageRun, StageSpec, main
+from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training import distributed
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm import MixStep, PretrainLoss, RampStep, unigram_entropy
@@ -123,7 +123,8 @@ def load_teacher(distill, root: Path, vocab_size: int):
 
 
 SPEC = StageSpec(__doc__, inputs=("tokenizer",), params={"seed": int, "model": ModelConfig, "train": TrainConfig,
-                                                         "pretrain": PretrainConfig}, distributed=True)
+                                                         "pretrain": PretrainConfig}, distributed=True,
+                 headline=("final_loss",), plots=CURVE_PLOTS, model="base")
 
 
 def run(st: StageRun) -> None:

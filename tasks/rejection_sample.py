@@ -36,7 +36,8 @@ class RejectionSampleConfig:
 
 
 SPEC = StageSpec(__doc__, inputs=("policy", "reward", "filtered"),
-                 params={"seed": int, "train": TrainConfig, "rejection_sample": RejectionSampleConfig})
+                 params={"seed": int, "train": TrainConfig, "rejection_sample": RejectionSampleConfig},
+                 headline=("best_correct_rate",))
 
 
 def run(st: StageRun) -> None:

@@ -1,32 +1,24 @@
-"""report: every evaluation side by side: report.md (a table per kind of model), metrics.json
-(`<model stage>.<measure>`), loss_by_domain.png; logged to MLflow."""
+"""report: what every stage did and whether it helped. Reads the filter, every training stage and
+every evaluation; writes report.md and a self-contained report.html (per model stage the headline
+numbers against the previous model and any control, a verdict, the plots), verdicts.json, the plots
+as PNG files and metrics.json (`<model stage>.<measure>`); logs them to MLflow."""
 
-import json
-
-from herd.evals.report import loss_table, render
-from herd.plots import grouped_bars
+from herd.evals.report import ReportConfig, gather, write_report
 from herd.stage import StageRun, StageSpec, main
 
-SPEC = StageSpec(__doc__, inputs=None, params={})
+SPEC = StageSpec(__doc__, inputs=None, params={"report": ReportConfig})
 
 
 def run(st: StageRun) -> None:
-    results = {}
-    for role in st.inputs:
-        manifest = st.upstream_manifest(role)
-        metrics = json.loads((st.input(role) / "metrics.json").read_text())
-        metrics.pop("wall_time_s", None)
-        results[manifest["evaluates"]] = {"metrics": metrics, "baseline": manifest.get("baseline")}
-        for key, value in metrics.items():
-            st.metrics[f"{manifest['evaluates']}.{key}"] = value
-    (st.out / "report.md").write_text(render(results))
-    losses, short = loss_table(results)
-    grouped_bars(losses, f"held-out loss by domain (context {short})", "loss (nats/token)",
-                 st.out / "loss_by_domain.png")
+    results = gather(st.inputs)
+    for stage, evaluation in results.evaluations.items():
+        for key, value in evaluation.metrics.items():
+            st.metrics[f"{stage}.{key}"] = value
+    files = write_report(results, st.cfg.report, st.out)
     import mlflow
 
-    mlflow.log_artifact(str(st.out / "report.md"))
-    mlflow.log_artifact(str(st.out / "loss_by_domain.png"))
+    for path in files:
+        mlflow.log_artifact(str(path))
 
 
 if __name__ == "__main__":

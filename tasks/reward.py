@@ -9,12 +9,12 @@ from herd.config import ParamError, positive
 from herd.data.io import in_holdout, read_table, write_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
-from herd.model.llama import load_checkpoint, save_checkpoint
+from herd.model.export import export_model
+from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
 from herd.post.losses import bradley_terry_loss, rewards
 from herd.post.preferences import math_problems, preference_pairs
-from herd.runtime.registry import register
-from herd.stage import StageRun, StageSpec, main
+from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.loop import finish, train
 from herd.training.precision import autocast
@@ -24,7 +24,7 @@ from herd.training.schedule import warmup_cosine
 def pair_batch(fmt: ChatFormat, pairs: list[dict], seq_len: int) -> dict:
     """Chosen rows first, then rejected rows, in one padded batch."""
     rows = [(fmt.prompt(p["prompt"]), fmt.response(p[side])) for side in ("chosen", "rejected") for p in pairs]
-    return fmt.batch(rows, seq_len)
+    return fmt.conversations(rows, seq_len)
 
 
 def bt_step(model, batch) -> tuple[torch.Tensor, dict]:
@@ -67,7 +67,9 @@ class RewardConfig:
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "filtered"),
-                 params={"seed": int, "train": TrainConfig, "reward": RewardConfig})
+                 params={"seed": int, "train": TrainConfig, "reward": RewardConfig},
+                 headline=("heldout_accuracy",), plots=CURVE_PLOTS,
+                 model="reward", registers="reward_model")
 
 
 def run(st: StageRun) -> None:
@@ -95,11 +97,8 @@ def run(st: StageRun) -> None:
     ))
     st.metrics["heldout_accuracy"] = pair_accuracy(model, fmt, held_out, cfg.seq_len, st.cfg.train.precision)
     st.metrics["heldout_pairs"] = len(held_out)
-    save_checkpoint(model, st.out / "model")
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        (st.out / "model" / name).write_bytes((base / name).read_bytes())
+    export_model(st, model, base, "reward")
     write_jsonl(held_out, st.out / "heldout_pairs.jsonl")
-    register(st, st.out / "model", "reward", st.cfg.runtime.tracking.reward_model)
     finish(st)
 
 

@@ -10,7 +10,7 @@ from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
-from herd.stage import StageRun, StageSpec, main
+from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm import lm_loss
 from herd.training.lm_stage import save_model
@@ -33,7 +33,8 @@ class SFTConfig:
         check_optimization(self)
 
 
-SPEC = StageSpec(__doc__, inputs=("base", "samples"), params={"seed": int, "train": TrainConfig, "sft": SFTConfig})
+SPEC = StageSpec(__doc__, inputs=("base", "samples"), params={"seed": int, "train": TrainConfig, "sft": SFTConfig},
+                 headline=("final_loss",), plots=CURVE_PLOTS, model="policy")
 
 
 def run(st: StageRun) -> None:

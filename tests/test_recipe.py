@@ -27,8 +27,18 @@ def write_stub_dvc_yaml(folder):
     by a stub that writes a new output in no time, so the rerun rules are the real ones."""
     text = dvc.render(folder, stages(folder))
     (folder / "dvc.yaml").write_text(re.sub(
-        r"cmd: python -m tasks\.\w+ --name (\w+).*",
-        lambda m: f"cmd: mkdir -p artifacts/{m[1]} && date +%s%N > artifacts/{m[1]}/out.txt", text))
+        r"cmd: python -m tasks\.\w+ --name (\w+).*", lambda m: f"cmd: {stub_command(folder, m[1])}", text))
+
+
+def stub_outputs(folder, name: str) -> list[str]:
+    """Every output dvc.yaml declares for the stage: its folder, its metrics file, its plots folder."""
+    entry = yaml.safe_load(dvc.render(folder, stages(folder)))["stages"][name]
+    return [path for out in entry["outs"] + entry.get("metrics", []) for path in out]
+
+
+def stub_command(folder, name: str) -> str:
+    return " && ".join(f"echo {{}} > {path}" if path.endswith(".json") else
+                       f"mkdir -p {path} && date +%s%N > {path}/out.txt" for path in stub_outputs(folder, name))
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +48,13 @@ def project(tmp_path_factory):
     env = project_env(folder)
     write_stub_dvc_yaml(folder)
     for s in stages(folder):
-        (folder / "artifacts" / s.name).mkdir(parents=True)
-        (folder / "artifacts" / s.name / "out.txt").write_text(s.name)
+        for path in stub_outputs(folder, s.name):
+            if path.endswith(".json"):
+                (folder / path).parent.mkdir(parents=True, exist_ok=True)
+                (folder / path).write_text("{}")
+            else:
+                (folder / path).mkdir(parents=True)
+                (folder / path / "out.txt").write_text(s.name)
     subprocess.run(["dvc", "commit", "--force", "-q"], cwd=folder, env=env, check=True)
     subprocess.run(["git", "add", "-A"], cwd=folder, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "recorded"], cwd=folder, env=env, check=True)

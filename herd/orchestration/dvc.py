@@ -18,7 +18,9 @@ HEADER = """\
 # Generated from herd/recipe.py by `herd dag --write`: do not edit (a test fails when it differs).
 # Per stage: the command (module, name, inputs by role), the code it imports, the outputs of the
 # stages it reads and the params sections it reads. Outputs persist: a stage replaces its folder
-# atomically on success, so a failed run leaves the last good output in place.
+# atomically on success, so a failed run leaves the last good output in place. metrics/ and plots/
+# hold each stage's headline numbers and plotted tables, tracked by git for `dvc exp show` and
+# `dvc plots diff`; the full results are in artifacts/.
 """
 PACKAGES = ("herd", "tasks")
 
@@ -66,7 +68,18 @@ def stage_entry(root: Path, s: Stage) -> dict:
     if s.sections:
         entry["params"] = s.sections
     entry["outs"] = [{f"artifacts/{s.name}": {"persist": True}}]
+    # The git-tracked summaries: small, so main and every experiment carry their own.
+    if s.spec.plots:
+        entry["outs"].append({f"plots/{s.name}": {"cache": False, "persist": True}})
+    if s.spec.headline:
+        entry["metrics"] = [{f"metrics/{s.name}.json": {"cache": False, "persist": True}}]
     return entry
+
+
+def plot_entries(steps: list[Stage]) -> list[dict]:
+    """dvc.yaml's top-level plots: every plot each stage declares, one id per stage and title."""
+    return [{f"{s.name}: {p.title}": {"template": p.template, "x": p.x, "y": {f"plots/{s.name}/{p.table}.csv": p.y}}}
+            for s in steps for p in s.spec.plots]
 
 
 def render(root: Path, steps: list[Stage]) -> str:
@@ -76,7 +89,7 @@ def render(root: Path, steps: list[Stage]) -> str:
         if missing:
             raise HerdError(f"recipe: stage {s.name} reads {', '.join(missing)}, which no earlier stage makes")
         s.spec.check_roles(s.name, dict(s.inputs))
-    body = {"stages": {s.name: stage_entry(root, s) for s in steps}}
+    body = {"stages": {s.name: stage_entry(root, s) for s in steps}, "plots": plot_entries(steps)}
     return HEADER + yaml.safe_dump(body, sort_keys=False, width=1000)
 
 

@@ -55,7 +55,7 @@ def make_optimizer(model: torch.nn.Module, weight_decay: float) -> torch.optim.A
     return torch.optim.AdamW(groups, lr=0.0, betas=(0.9, 0.95), eps=1e-8, fused=True)
 
 
-def _save_state(folder: Path, model, opt, step: int, key: str) -> None:
+def _save_state(folder: Path, model, opt, step: int, key: str, curve: list[dict]) -> None:
     tensors = {f"model.{k}": v.detach().contiguous() for k, v in model.state_dict().items()}
     opt_state = opt.state_dict()
     for idx, state in opt_state["state"].items():
@@ -73,20 +73,21 @@ def _save_state(folder: Path, model, opt, step: int, key: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(unique, str(tmp / "state.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"step": step, "key": key,
+    (tmp / "state.json").write_text(json.dumps({"step": step, "key": key, "curve": curve,
                                                 "param_groups": opt_state["param_groups"]}))
     swap_in(tmp, folder)
 
 
-def _load_state(folder: Path, model, opt, key: str) -> int:
-    """Restore a checkpoint of this exact run (same key); returns the step to continue from."""
+def _load_state(folder: Path, model, opt, key: str) -> tuple[int, list[dict]]:
+    """Restore a checkpoint of this exact run (same key); returns the step to continue from and
+    the training curve logged so far."""
     recover(folder)
     meta_path = folder / "state.json"
     if not meta_path.is_file():
-        return 0
+        return 0, []
     meta = json.loads(meta_path.read_text())
     if meta["key"] != key:
-        return 0  # a checkpoint of different params or inputs: start over
+        return 0, []  # a checkpoint of different params or inputs: start over
     tensors = load_file(str(folder / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=False)
     state: dict = {}
@@ -96,7 +97,7 @@ def _load_state(folder: Path, model, opt, key: str) -> int:
             state.setdefault(int(idx), {})[name] = v
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     torch.set_rng_state(tensors["rng.cpu"])
-    return int(meta["step"])
+    return int(meta["step"]), meta["curve"]
 
 
 def _size(batch: dict) -> int:
@@ -141,7 +142,7 @@ def train(
     model.to(dev)
     opt = make_optimizer(model, weight_decay)
     ckpt = st.checkpoint_dir() / "latest"
-    start = _load_state(ckpt, model, opt, key)
+    start, curve = _load_state(ckpt, model, opt, key)
     if start and rank == 0:
         print(f"[{st.name}] resuming from step {start}/{steps}")
     ddp = distributed.wrap(model)
@@ -189,6 +190,7 @@ def train(
                 if peak:
                     logged["mfu"] = tokens / elapsed * flops_per_token / (peak * world)
                 st.log_step(logged, step)
+                curve.append({"step": step, "loss": round(loss_sum, 5), "lr": lr})
                 bar.set_postfix(loss=f"{loss_sum:.3f}")
                 history = logged
             if on_step_end:
@@ -199,14 +201,15 @@ def train(
                 model.train()
             if done % tcfg.checkpoint_every == 0 and done < steps:
                 if rank == 0:
-                    _save_state(ckpt, model, opt, done, key)
+                    _save_state(ckpt, model, opt, done, key, curve)
                 distributed.barrier()
             if stop and done < steps:  # SIGINT/SIGTERM: keep this step's state, then stop
                 if rank == 0:
-                    _save_state(ckpt, model, opt, done, key)
+                    _save_state(ckpt, model, opt, done, key, curve)
                     print(f"[{st.name}] stopped at step {done}/{steps}; the next run resumes from here", flush=True)
                 raise KeyboardInterrupt
     model.eval()
+    st.tables["curve"] = curve  # the loss and learning rate by step, across resumes
     elapsed = max(1e-9, time.time() - t0)
     result = {"final_loss": history.get("loss", float("nan")), "tokens_per_s": round(tokens / elapsed, 1)}
     if peak:
@@ -281,6 +284,7 @@ class LocalRun:
     train: TrainConfig = field(default_factory=TrainConfig)
     runtime: TrainRuntime = field(default_factory=TrainRuntime)
     logged: list = field(default_factory=list)
+    tables: dict = field(default_factory=dict)
 
     @property
     def cfg(self):
