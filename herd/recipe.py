@@ -93,7 +93,9 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = ()) -> list[Stage]:
                   baseline=sft),
         ]
         policy = dpo
-    report = stage("report", **{e.name: e.name for e in evals})
+    # The report reads the filter and every training stage (curves, settings) besides the evaluations.
+    trained = [s for s in stages if s.task in ("filter", "pretrain", "extend", "anneal", "reward", "sft", "dpo")]
+    report = stage("report", **{s.name: s.name for s in trained + evals})
     return stages + evals + [report]
 
 
