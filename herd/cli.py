@@ -1,7 +1,11 @@
 """The `herd` command.
 
-    herd run                run the pipeline through Prefect (only stages whose code, inputs or params changed)
+    herd run [STAGE ...]    run the pipeline through Prefect (only stages whose code, inputs or params
+                            changed), all of it or up to and including STAGE; --force reruns STAGE
     herd status             say which stages would run and why, without running anything
+    herd report             bring the evaluation report up to date and print its verdicts
+    herd lineage TARGET     the chain behind a registered model or an output, back to the raw sources
+    herd serve [MODEL]      serve a registered model on 127.0.0.1 (mlflow models serve)
     herd dag [--write]      the recipe's stages; --write regenerates dvc.yaml from herd/recipe.py
     herd check              validate params.yaml against every section's schema
     herd filter ...         the corpus filter on any file, outside the pipeline
@@ -9,6 +13,7 @@
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 
@@ -27,20 +32,24 @@ def sync_dvc_yaml(root) -> None:
 
 
 def cmd_run(args) -> None:
+    run_pipeline(args.stages, args.force, args.wait, args.verbose)
+
+
+def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool) -> None:
     root = project_root()
     check_params(root)
-    if args.verbose:
+    if verbose:
         os.environ[VERBOSE_ENV] = "1"
     else:  # Prefect's own log lines (and its tracebacks of a failed stage) only with --verbose
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     from herd.orchestration.flow import pipeline
 
-    with exclusive_run(root, wait=args.wait):
+    with exclusive_run(root, wait=wait):
         sync_dvc_yaml(root)
         started = time.time()
         try:
             with stop_on_signals():  # again inside the flow, where Prefect installs its own handler
-                outcome = pipeline(str(root))
+                outcome = pipeline(str(root), targets, force)
         except KeyboardInterrupt:
             raise HerdError(f"stopped by {STAGES.stopping or 'an interrupt'}: the running stage saved what it "
                             "could resume from; finished stages and dvc.lock are as they were") from None
@@ -81,6 +90,42 @@ def cmd_dag(args) -> None:
         print(f"{s.name:20s} {s.module:24s} reads {inputs}; params {', '.join(s.sections) or '-'}")
 
 
+def cmd_report(args) -> None:
+    from herd.evals.report import summary
+
+    run_pipeline(["report"], False, args.wait, args.verbose)
+    folder = project_root() / "artifacts" / "report"
+    print(summary(folder))
+    print(f"\nreport: {folder / 'report.html'} (and report.md beside it)")
+
+
+def cmd_lineage(args) -> None:
+    from herd.runtime import lineage, tracking
+
+    root = project_root()
+    tracking.setup(check_params(root).runtime.tracking, root)
+    manifests = lineage.chain(args.target)
+    print(f"{args.target}: {len(manifests)} stages, from the model back to the raw sources\n")
+    print("\n".join(lineage.describe(m) for m in manifests))
+
+
+def cmd_serve(args) -> None:
+    from herd.runtime import tracking
+
+    root = project_root()
+    tcfg = check_params(root).runtime.tracking
+    tracking.setup(tcfg, root)
+    model = args.model or f"models:/{tcfg.policy_model}@{tcfg.alias}"
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(tcfg.uri, root)}
+    cmd = ["mlflow", "models", "serve", "-m", model, "--env-manager", "local", "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    print(f"[herd] serving {model} on http://127.0.0.1:{args.port}/invocations (Ctrl-C stops)", flush=True)
+    try:
+        sys.exit(subprocess.call(cmd, env=env))
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
 def cmd_check(args) -> None:
     check_params(project_root())
     print("params.yaml is valid")
@@ -92,15 +137,38 @@ def cmd_filter(args) -> None:
     filter_cli.run(args)
 
 
+def add_run_options(parser) -> None:
+    parser.add_argument("--wait", action="store_true", help="queue behind a herd run already running in this checkout")
+    parser.add_argument("--verbose", action="store_true", help="show Prefect's log and full tracebacks")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="herd", description=__doc__.split("\n\n")[0],
                                      epilog=__doc__.split("\n\n", 1)[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the pipeline through Prefect (only the stages that changed)")
-    run.add_argument("--wait", action="store_true", help="queue behind a herd run already running in this checkout")
-    run.add_argument("--verbose", action="store_true", help="show Prefect's log and full tracebacks")
+    run.add_argument("stages", nargs="*", metavar="STAGE", help="run only up to and including these stages")
+    run.add_argument("--force", action="store_true", help="rerun the named stages (all, without names) even if "
+                     "up to date")
+    add_run_options(run)
     run.set_defaults(fn=cmd_run)
+    report = sub.add_parser("report", help="bring the evaluation report up to date (running what it needs) and "
+                            "print its verdicts; the report is artifacts/report/report.html and report.md")
+    add_run_options(report)
+    report.set_defaults(fn=cmd_report)
+    lin = sub.add_parser("lineage", help="print the chain behind a model or output: every ancestor stage with its "
+                         "params, input hashes, code version and MLflow run, down to the corpus sources")
+    lin.add_argument("target", help="models:/NAME@ALIAS, models:/NAME/VERSION, or an output folder such as "
+                     "artifacts/dpo")
+    lin.set_defaults(fn=cmd_lineage)
+    serve = sub.add_parser("serve", help="serve a registered model on 127.0.0.1 with `mlflow models serve` "
+                           "(POST /invocations, e.g. {\"dataframe_split\": {\"columns\": [\"prompt\"], "
+                           "\"data\": [[\"What is 2+3?\"]]}})")
+    serve.add_argument("model", nargs="?", help="a models:/ URI (default: the policy's alias, "
+                       "models:/herd-policy@champion); the reward model is models:/herd-reward@champion")
+    serve.add_argument("--port", type=int, default=5001, help="port on 127.0.0.1 (default 5001)")
+    serve.set_defaults(fn=cmd_serve)
     sub.add_parser("status", help="list the stages that would run and why, without running them").set_defaults(
         fn=cmd_status)
     dag = sub.add_parser("dag", help="list the recipe's stages; --write regenerates dvc.yaml")

@@ -22,9 +22,9 @@ from herd.runtime.env import state_dir
 
 
 @task(retries=0)
-def run_stage(stage: str, root: str, parent_run_id: str | None):
+def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = False):
     logger = get_run_logger()
-    reason = dvc.why_stale(Path(root), stage)
+    reason = "forced (--force)" if force else dvc.why_stale(Path(root), stage)
     if reason is None:
         logger.info(f"{stage}: skipped (up to date)")
         print(f"[herd] {stage:20s} skipped  (up to date)", flush=True)
@@ -36,7 +36,7 @@ def run_stage(stage: str, root: str, parent_run_id: str | None):
         env[tracking.PARENT_RUN_ENV] = parent_run_id
     started = time.time()
     log = state_dir(Path(root)) / "logs" / f"{stage}.log"
-    code = session.STAGES.run(["dvc", "repro", "--single-item", stage], root, env, log)
+    code = session.STAGES.run(["dvc", "repro", "--single-item", *(["--force"] if force else []), stage], root, env, log)
     if session.STAGES.stopping:
         raise KeyboardInterrupt
     if code != 0:
@@ -45,14 +45,32 @@ def run_stage(stage: str, root: str, parent_run_id: str | None):
     return Completed(name="Ran", message=f"{stage} ran: {reason}")
 
 
+def upto(dag: dict[str, list[str]], targets: list[str]) -> dict[str, list[str]]:
+    """The part of `dag` the targets need: themselves and their ancestors, in the same order."""
+    unknown = [t for t in targets if t not in dag]
+    if unknown:
+        raise HerdError(f"no stage named {', '.join(unknown)}; the stages are: {', '.join(dag)}")
+    needed = set()
+    pending = list(targets)
+    while pending:
+        stage = pending.pop()
+        if stage not in needed:
+            needed.add(stage)
+            pending += dag[stage]
+    return {stage: ups for stage, ups in dag.items() if stage in needed}
+
+
 @flow(name="herd-pipeline", log_prints=False)
-def pipeline(root: str = ".") -> dict[str, str]:
-    """Run every stage of dvc.yaml in dependency order, skipping the up-to-date ones."""
+def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = False) -> dict[str, str]:
+    """Run the stages of dvc.yaml in dependency order (all, or up to and including `targets`),
+    skipping the up-to-date ones; `force` reruns the targets (or every stage) regardless."""
     import mlflow
 
     path = Path(root).resolve()
     params = check_params(path)  # a malformed params.yaml fails here, before any work
     dag = dvc.graph(path)
+    if targets:
+        dag = upto(dag, targets)
     experiment_id = tracking.setup(params.runtime.tracking, path)
     tracking.close_abandoned_runs(experiment_id, "pipeline")
     outcome = {}
@@ -60,8 +78,9 @@ def pipeline(root: str = ".") -> dict[str, str]:
             mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags={"herd.stage": "pipeline"}) as run:
         futures = {}
         for stage, upstream in dag.items():  # dvc.yaml's order is a topological order of the recipe
+            forced = force and (not targets or stage in targets)
             futures[stage] = run_stage.with_options(name=stage).submit(
-                stage, str(path), run.info.run_id, wait_for=[futures[up] for up in upstream]
+                stage, str(path), run.info.run_id, forced, wait_for=[futures[up] for up in upstream]
             )
             try:
                 futures[stage].wait()  # one stage at a time: two `dvc repro` in one repo fail on DVC's lock
