@@ -283,7 +283,7 @@ def write_csv(rows: list[dict], path: Path) -> None:
     import csv
 
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for row in rows for k in row)), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
 

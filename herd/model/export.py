@@ -123,9 +123,8 @@ USAGE = {
               "ending at `<|end|>` or `<|endoftext|>`, which stays in the output, as in Herd's sampling.",
     "reward": "Input: the conversation (one user message, one assistant message) rendered with the chat template "
               "without a generation prompt, `<|user|>` prompt `<|assistant|>` response `<|end|>`; the score is the "
-              "logit at the closing `<|end|>`. A batch may be "
-              "padded with `<|pad|>` (config.json's `pad_token_id`): each row is scored at its last token that is "
-              "not padding.",
+              "logit at the closing `<|end|>`. A batch may be padded with `<|pad|>` (config.json's "
+              "`pad_token_id`): each row is scored at its last token that is not padding.",
 }
 
 SNIPPETS = {
