@@ -39,7 +39,7 @@ from omegaconf import DictConfig, OmegaConf
 from herd.atomic import recover, swap_in
 from herd.config import load_sections
 from herd.errors import HerdError
-from herd.runtime import registry, tracking
+from herd.runtime import tracking
 from herd.runtime.config import RuntimeConfig
 from herd.runtime.env import VERBOSE_ENV, project_root, state_dir
 from herd.training import distributed
@@ -273,6 +273,8 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
         swap_in(tmp, final)
         publish(spec, st, root)
         if spec.model:
+            from herd.runtime import registry  # MLflow's model flavours: only where a model is logged
+
             info = registry.log_model(st, final / "model", spec.model)
             if spec.registers:
                 registry.register(st, info, getattr(cfg.runtime.tracking, spec.registers))

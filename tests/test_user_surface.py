@@ -89,15 +89,15 @@ def test_dvc_plots_diff_renders_the_loss_curves_of_main_and_the_experiment(exper
     assert html.is_file() and "dpo: training loss" in html.read_text()
 
 
-def test_run_names_stages_and_force_reruns_only_them(pipeline_project):
-    herd(pipeline_project, "run")  # up to date, whatever earlier tests changed
-    assert stage_lines(herd(pipeline_project, "run", "tokenizer")) == \
+def test_run_names_stages_and_force_reruns_only_them(experiment):
+    # the experiment's workspace is up to date: `dvc exp run` left it so
+    assert stage_lines(herd(experiment, "run", "tokenizer")) == \
         {"corpus": "skipped", "filter": "skipped", "tokenizer": "skipped"}
     # the last stage, so that its new output (a new manifest) leaves nothing downstream stale
-    lines = stage_lines(herd(pipeline_project, "run", "report", "--force"))
+    lines = stage_lines(herd(experiment, "run", "report", "--force"))
     assert lines.pop("report") == "running" and set(lines.values()) == {"skipped"} and len(lines) > 10
-    unknown = subprocess.run([sys.executable, "-m", "herd.cli", "run", "nosuch"], cwd=pipeline_project,
-                             env=project_env(pipeline_project), capture_output=True, text=True, timeout=300)
+    unknown = subprocess.run([sys.executable, "-m", "herd.cli", "run", "nosuch"], cwd=experiment,
+                             env=project_env(experiment), capture_output=True, text=True, timeout=300)
     assert unknown.returncode == 2 and "no stage named nosuch" in unknown.stderr
 
 
