@@ -104,6 +104,7 @@ def cmd_lineage(args) -> None:
 
     root = project_root()
     tracking.setup(check_params(root).runtime.tracking, root)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one bar per manifest read
     manifests = lineage.chain(args.target)
     print(f"{args.target}: {len(manifests)} stages, from the model back to the raw sources\n")
     print("\n".join(lineage.describe(m) for m in manifests))
@@ -116,7 +117,8 @@ def cmd_serve(args) -> None:
     tcfg = check_params(root).runtime.tracking
     tracking.setup(tcfg, root)
     model = args.model or f"models:/{tcfg.policy_model}@{tcfg.alias}"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking.tracking_uri(tcfg.uri, root)}
+    env = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", **os.environ,
+           "MLFLOW_TRACKING_URI": tracking.tracking_uri(tcfg.uri, root)}
     cmd = ["mlflow", "models", "serve", "-m", model, "--env-manager", "local", "--host", "127.0.0.1",
            "--port", str(args.port)]
     print(f"[herd] serving {model} on http://127.0.0.1:{args.port}/invocations (Ctrl-C stops)", flush=True)
