@@ -80,6 +80,8 @@ def pipeline_project(tmp_path_factory) -> Path:
     proc = run_flow(project, offline=offline)
     (project / ".herd" / "first_run_offline").write_text(str(offline))
     (project / ".herd" / "first_run.log").write_text(proc.stdout)
+    # As the first run left it, for tests that need every stage up to date whatever others changed.
+    shutil.copytree(project, project.parent / "after_first_run", ignore=shutil.ignore_patterns("__pycache__"))
     return project
 
 

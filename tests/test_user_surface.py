@@ -3,7 +3,6 @@ against main, `herd run STAGE --force`, `herd lineage`, `herd serve`."""
 
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -13,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests.conftest import project_env, run_flow, stage_lines
+from tests.conftest import project_env, stage_lines
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +25,11 @@ def herd(project, *args, timeout=600) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def experiment(pipeline_project, tmp_path_factory):
-    """A git clone of the finished tiny project with its results committed on main, then
+def experiment(pipeline_project):
+    """The tiny project as its first run left it, in git with its results committed on main, then
     `dvc exp run -S dpo.beta=0.2`, as a user compares a variant with main."""
-    project = tmp_path_factory.mktemp("exp") / "project"
-    shutil.copytree(pipeline_project, project, ignore=shutil.ignore_patterns("*.log", "__pycache__"))
+    project = pipeline_project.parent / "after_first_run"  # every stage up to date
     env = project_env(project)
-    run_flow(project)  # up to date with its params whatever earlier tests changed
     git = [["git", "init", "-q", "-b", "main"], ["dvc", "config", "core.no_scm", "false"], ["git", "add", "-A"],
            ["git", "commit", "-qm", "results"]]
     (project / ".gitignore").write_text("/artifacts/\n/.herd/\n__pycache__/\n*.log\n")
