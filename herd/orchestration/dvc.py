@@ -155,6 +155,8 @@ def _reason(root: Path, stage: str, entries: list) -> str:
     lock = root / "dvc.lock"
     if not lock.is_file() or stage not in (yaml.safe_load(lock.read_text()) or {}).get("stages", {}):
         return "never run here"
+    if not (root / "artifacts" / stage).exists():  # e.g. a fresh clone: main's dvc.lock, no outputs
+        return "no output here yet; dvc.lock records a run made elsewhere"
     reasons = []
     for entry in entries:
         if isinstance(entry, str):
