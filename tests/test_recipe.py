@@ -3,6 +3,7 @@ uses changed. Fast: outputs are recorded with `dvc commit` instead of being comp
 would run is DVC's own answer."""
 
 import re
+import shutil
 import subprocess
 
 import pytest
@@ -97,6 +98,12 @@ def test_a_fresh_project_says_never_run_here(tmp_path):
 
 def test_a_recorded_project_is_up_to_date(project):
     assert dvc.would_run(project) == []
+
+
+def test_a_clone_without_the_outputs_says_so(restore):
+    """main's dvc.lock records a run whose outputs a fresh clone does not have."""
+    shutil.rmtree(restore / "artifacts" / "corpus")
+    assert dvc.why_stale(restore, "corpus") == "no output here yet; dvc.lock records a run made elsewhere"
 
 
 @pytest.mark.parametrize("file, first", [
