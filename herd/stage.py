@@ -271,6 +271,7 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         mlflow.log_dict(manifest, "manifest.json")
         swap_in(tmp, final)
+        st.out = final
         publish(spec, st, root)
         if spec.model:
             from herd.runtime import registry  # MLflow's model flavours: only where a model is logged
@@ -278,7 +279,6 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
             info = registry.log_model(st, final / "model", spec.model)
             if spec.registers:
                 registry.register(st, info, getattr(cfg.runtime.tracking, spec.registers))
-    st.out = final
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
@@ -321,8 +321,8 @@ def publish(spec: StageSpec, st: StageRun, root: Path) -> None:
         tmp = folder.with_name(f".{st.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        for table in spec.tables:
-            write_csv(st.tables[table], tmp / f"{table}.csv")
+        for table in spec.tables:  # the tables as written into its output
+            shutil.copy(st.out / f"{table}.csv", tmp / f"{table}.csv")
         swap_in(tmp, folder)
 
 

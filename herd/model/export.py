@@ -18,13 +18,12 @@ from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
 from herd.model.llama import Llama, LlamaConfig, save_checkpoint
 from herd.post.chat import ChatFormat
+from herd.runtime.registry import EXAMPLE_ANSWER, EXAMPLE_QUESTION, GENERATION_PARAMS
 
 KINDS = {"base": "base language model", "policy": "chat policy", "reward": "reward model"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
-# The default answer length of Herd's served models (herd/runtime/serving.py).
-MAX_NEW_TOKENS = 64
-EXAMPLE_QUESTION = "Ava has 3 apples and buys 4 more. How many apples does Ava have?"
-EXAMPLE_ANSWER = "Ava has 3 + 4 = 7 apples. The answer is 7."
+# The default answer length of Herd's exported models: that of its served ones.
+MAX_NEW_TOKENS = GENERATION_PARAMS["max_new_tokens"]
 
 
 def export_model(st, model: Llama, tokenizer_dir: Path, kind: str) -> Path:

@@ -18,9 +18,12 @@ SERVING_CODE = Path(__file__).with_name("serving.py")
 HERD_PACKAGE = Path(__file__).resolve().parents[1]
 # What loading and running a checkpoint imports (herd/runtime/serving.py and what it imports).
 REQUIREMENTS = ("torch", "tokenizers", "safetensors", "numpy", "pandas", "omegaconf", "mlflow")
-# The generation params a policy or base model takes at predict time, with their defaults.
+# The generation params a policy or base model takes at predict time, with their defaults (greedy;
+# herd/model/export.py writes the same into generation_config.json).
 GENERATION_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "seed": 0}
-EXAMPLE_PROMPT = "Ava has 3 apples and buys 4 more. How many apples does Ava have?"
+# The example of the logged models' signatures and of the model cards.
+EXAMPLE_QUESTION = "Ava has 3 apples and buys 4 more. How many apples does Ava have?"
+EXAMPLE_ANSWER = "Ava has 3 + 4 = 7 apples. The answer is 7."
 
 
 def requirements() -> list[str]:
@@ -36,10 +39,10 @@ def requirements() -> list[str]:
 def signature(kind: str):
     """What the model takes and returns: a `prompt` column (and `response` for a reward model)."""
     if kind == "reward":
-        example = pd.DataFrame({"prompt": [EXAMPLE_PROMPT], "response": ["Ava has 3 + 4 = 7 apples. The answer is 7."]})
+        example = pd.DataFrame({"prompt": [EXAMPLE_QUESTION], "response": [EXAMPLE_ANSWER]})
         return example, infer_signature(example, [0.0])
-    example = pd.DataFrame({"prompt": [EXAMPLE_PROMPT]})
-    return example, infer_signature(example, ["The answer is 7."], params=GENERATION_PARAMS)
+    example = pd.DataFrame({"prompt": [EXAMPLE_QUESTION]})
+    return example, infer_signature(example, [EXAMPLE_ANSWER], params=GENERATION_PARAMS)
 
 
 def log_model(st, checkpoint: Path, kind: str):

@@ -35,11 +35,13 @@ class HerdModel(mlflow.pyfunc.PythonModel):
             return score_responses(self.model, self.fmt, pairs)
         import torch
 
-        params = params or {}
-        generator = torch.Generator().manual_seed(int(params.get("seed", 0)))
+        from herd.runtime.registry import GENERATION_PARAMS
+
+        params = {**GENERATION_PARAMS, **(params or {})}
+        generator = torch.Generator().manual_seed(int(params["seed"]))
         encode = self.fmt.prompt if self.kind == "policy" else self.fmt.base_prompt
-        return [self.fmt.decode(sample(self.model, encode(p), 1, int(params.get("max_new_tokens", 64)),
-                                       float(params.get("temperature", 0.0)), int(params.get("top_k", 0)),
+        return [self.fmt.decode(sample(self.model, encode(p), 1, int(params["max_new_tokens"]),
+                                       float(params["temperature"]), int(params["top_k"]),
                                        self.fmt.stops, generator=generator)[0])
                 for p in prompts]
 
