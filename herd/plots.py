@@ -92,16 +92,17 @@ def grouped_bars(table: dict[str, dict[str, float]], title: str, ylabel: str, pa
     _save(fig, path)
 
 
-def curve_panels(curves: dict[str, list[dict]], column: str, ylabel: str, title: str, path: Path) -> None:
-    """`column` by step, one panel per stage: the stages' losses differ in kind and scale
+def curve_panels(curves: dict[str, list[dict]], column: str, ylabel: str, title: str, path: Path,
+                 x: str = "step") -> None:
+    """`column` by `x` (the step), one panel per stage: the stages' losses differ in kind and scale
     (language modelling, Bradley-Terry, DPO), so shared axes would flatten most of them."""
     ncols = min(3, len(curves))
     nrows = math.ceil(len(curves) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 2.7 * nrows), squeeze=False)
     for ax, (stage, rows) in zip(axes.flat, curves.items(), strict=False):  # spare panels stay empty
-        ax.plot([r["step"] for r in rows], [r[column] for r in rows], color=FILTER_COLOR, linewidth=1.2)
+        ax.plot([r[x] for r in rows], [r[column] for r in rows], color=FILTER_COLOR, linewidth=1.2)
         ax.set_title(stage, fontsize=10)
-        ax.set_xlabel("step", fontsize=8)
+        ax.set_xlabel(x, fontsize=8)
         ax.set_ylabel(ylabel, fontsize=8)
         ax.tick_params(labelsize=7)
         ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 4))
@@ -111,18 +112,48 @@ def curve_panels(curves: dict[str, list[dict]], column: str, ylabel: str, title:
     _save(fig, path)
 
 
-def lines(table: dict[str, dict[int, float]], title: str, xlabel: str, ylabel: str, path: Path) -> None:
-    """One line per row of `table` (e.g. stage -> {context length: accuracy})."""
+def lines(table: dict[str, dict[int, float]], title: str, xlabel: str, ylabel: str, path: Path,
+          log_x: bool = True) -> None:
+    """One line per row of `table` (e.g. stage -> {context length: accuracy}); context lengths
+    double, so the x axis is in powers of two unless `log_x` is off."""
     fig, ax = plt.subplots(figsize=(6, 3.4))
     for name, points in table.items():
         xs = sorted(points)
-        ax.plot(xs, [points[x] for x in xs], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ticks = sorted({x for points in table.values() for x in points})
-    ax.set_xticks(ticks, [str(x) for x in ticks])  # 512, not 2^9
-    ax.minorticks_off()
+        ax.plot(xs, [points[x] for x in xs], marker="o", markersize=3, label=name)
+    if log_x:
+        ax.set_xscale("log", base=2)
+        ticks = sorted({x for points in table.values() for x in points})
+        ax.set_xticks(ticks, [str(x) for x in ticks])  # 512, not 2^9
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend(fontsize=7)
+    _save(fig, path)
+
+
+def needle_heatmaps(rows: list[dict], title: str, path: Path) -> None:
+    """Needle in a haystack: per task kind, retrieval accuracy (top) and the loss of the answer
+    (bottom) by context length (x) and needle depth (y); rows as herd/evals/long_context.py's."""
+    kinds = list(dict.fromkeys(r["kind"] for r in rows))
+    lengths = sorted({r["length"] for r in rows})
+    depths = sorted({r["depth"] for r in rows})
+    fig, axes = plt.subplots(2, len(kinds), figsize=(3.3 * len(kinds), 5.6), squeeze=False)
+    top = max(r["answer_loss"] for r in rows)
+    for j, kind in enumerate(kinds):
+        cells = {(r["length"], r["depth"]): r for r in rows if r["kind"] == kind}
+        for i, (measure, cmap, vmax) in enumerate((("accuracy", "RdYlGn", 1.0), ("answer_loss", "viridis_r", top))):
+            ax = axes[i, j]
+            grid = [[cells[(n, d)][measure] if (n, d) in cells else float("nan") for n in lengths] for d in depths]
+            image = ax.imshow(grid, cmap=cmap, vmin=0, vmax=vmax, aspect="auto")
+            for y, line in enumerate(grid):
+                for x, value in enumerate(line):
+                    ax.text(x, y, "n/a" if value != value else f"{value:.2f}", ha="center", va="center", fontsize=6)
+            ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], fontsize=7)
+            ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+            ax.set_title(f"{kind}: {measure.replace('_', ' ')}", fontsize=9)
+            ax.set_xlabel("context length", fontsize=7)
+            ax.set_ylabel("needle depth", fontsize=7)
+            fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.suptitle(title, fontsize=10)
     _save(fig, path)

@@ -19,6 +19,7 @@ from herd.data.corpus import CorpusConfig
 from herd.errors import HerdError
 from herd.runtime.config import RuntimeConfig
 from herd.runtime.env import project_root
+from herd.training.anneal import AnnealConfig
 
 
 @dataclass
@@ -63,20 +64,26 @@ def stage(name: str, task: str | None = None, **inputs: str) -> Stage:
     return Stage(name, task or name, tuple(inputs.items()))
 
 
-def recipe(rounds: int = 1, sources: tuple[str, ...] = ()) -> list[Stage]:
-    """The chain: data, pretraining, context extension, annealing, then post-training rounds and
-    one evaluation per model, gathered in a report. `sources` are the local corpus sources."""
+def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ...] = ()) -> list[Stage]:
+    """The chain: data, pretraining, context extension, annealing (each of the two with its
+    control), then post-training rounds and one evaluation per model, gathered in a report.
+    `sources` are the local corpus sources, `probes` the data-value probes of `anneal.probes`."""
     stages = [
         Stage("corpus", "corpus", data=tuple(sources)),
         stage("filter", corpus="corpus"),
         stage("tokenizer", filtered="filter"),
         stage("pretrain", tokenizer="tokenizer"),
         stage("extend", base="pretrain", tokenizer="tokenizer"),
+        stage("extend_control", base="pretrain", tokenizer="tokenizer"),
         stage("anneal", base="extend", tokenizer="tokenizer"),
+        stage("anneal_control", base="extend", tokenizer="tokenizer"),
+        *(stage(f"anneal_probe_{p}", "anneal_probe", base="extend", tokenizer="tokenizer") for p in probes),
         stage("reward", base="anneal", filtered="filter"),
     ]
+    # Every base model and control is evaluated; a control's evaluation sits beside its stage's.
+    bases = ["pretrain", "extend", "extend_control", "anneal", "anneal_control", *(f"anneal_probe_{p}" for p in probes)]
     evals = [stage(f"eval_{model}", "evaluate_base", model=model, tokenizer="tokenizer", corpus="corpus")
-             for model in ("pretrain", "extend", "anneal")]
+             for model in bases]
     evals.append(stage("eval_reward", "evaluate_reward", reward="reward", corpus="corpus"))
     policy = "anneal"
     for r in range(1, rounds + 1):
@@ -94,16 +101,19 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = ()) -> list[Stage]:
         ]
         policy = dpo
     # The report reads the filter and every training stage (curves, settings) besides the evaluations.
-    trained = [s for s in stages if s.task in ("filter", "pretrain", "extend", "anneal", "reward", "sft", "dpo")]
+    trained = [s for s in stages if s.task in ("filter", "pretrain", "extend", "anneal", "anneal_control",
+                                               "anneal_probe", "reward", "sft", "dpo")]
     report = stage("report", **{s.name: s.name for s in trained + evals})
     return stages + evals + [report]
 
 
 def stages(root: Path | None = None) -> list[Stage]:
-    """The recipe as params.yaml shapes it: its `post.rounds`, its local `corpus.sources`."""
+    """The recipe as params.yaml shapes it: its `post.rounds`, its local `corpus.sources`, its
+    `anneal.probes`."""
     root = root or project_root()
-    params = load_sections(root / "params.yaml", {"post": PostConfig, "corpus": CorpusConfig})
-    return recipe(params.post.rounds, tuple(OmegaConf.to_object(params.corpus).local_sources(root)))
+    params = load_sections(root / "params.yaml", {"post": PostConfig, "corpus": CorpusConfig, "anneal": AnnealConfig})
+    return recipe(params.post.rounds, tuple(OmegaConf.to_object(params.corpus).local_sources(root)),
+                  tuple(params.anneal.probes))
 
 
 def schemas(steps: list[Stage]) -> dict[str, type]:
@@ -122,7 +132,8 @@ def check_params(root: Path | None = None, overrides: list[str] = ()):
     a section nobody reads is an error (a typo would otherwise be ignored)."""
     root = root or project_root()
     params = load_sections(root / "params.yaml", schemas(stages(root)), overrides, strict=True)
-    if params.extend.seq_len <= params.pretrain.seq_len:
-        raise HerdError(f"params.yaml: extend.seq_len: must be longer than pretrain.seq_len "
-                        f"({params.pretrain.seq_len}): the stage lengthens the context, got {params.extend.seq_len}")
+    first = params.extend.steps[0].seq_len
+    if first <= params.pretrain.seq_len:
+        raise HerdError(f"params.yaml: extend.steps[0].seq_len: must be longer than pretrain.seq_len "
+                        f"({params.pretrain.seq_len}): the stage lengthens the context, got {first}")
     return params

@@ -298,7 +298,7 @@ def draw_curves(spec: StageSpec, st: StageRun, folder: Path) -> list[Path]:
     for plot in spec.plots:
         if plot.template == "linear":
             paths.append(folder / f"{plot.table}_{plot.y}.png")
-            curve_panels({st.name: st.tables[plot.table]}, plot.y, plot.y, plot.title, paths[-1])
+            curve_panels({st.name: st.tables[plot.table]}, plot.y, plot.y, plot.title, paths[-1], x=plot.x)
     return paths
 
 

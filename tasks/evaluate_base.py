@@ -1,24 +1,49 @@
-"""evaluate_base: one base model (pretrain, extend, anneal) on held-out checks: loss by domain at
-the short context, loss on long documents at the long context, passkey retrieval, math exact
-match from a plain prompt."""
+"""evaluate_base: one base model (pretrain, extend, anneal, their controls and probes) on held-out
+checks: loss by domain at the short context, loss on long documents at the long context and by
+position, retrieval of generated needles by context length and depth (passkey, key-value,
+multi-needle, quoted-passage QA) with the loss of their answers, math exact match from a plain
+prompt. needles.png (the needle-in-a-haystack heatmaps) and the loss by position go to MLflow."""
 
-from herd.data.tokens import load_tokenizer
+import mlflow
+
+from herd import plots
+from herd.data.long_tasks import TaskMaker, haystack
+from herd.data.tokens import load_streams, load_tokenizer
+from herd.evals.long_context import grid_metrics, loss_by_position, needle_grid
 from herd.evals.measures import EvaluateConfig, model_measures
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
-from herd.stage import StageRun, StageSpec, main
+from herd.stage import Plot, StageRun, StageSpec, main
 from herd.training.config import TrainConfig
 
 SPEC = StageSpec(__doc__, inputs=("model", "tokenizer", "corpus"),
-                 params={"train": TrainConfig, "evaluate": EvaluateConfig},
-                 headline=("val_loss_mean_len*", "val_loss_long_len*", "math_exact_match"))
+                 params={"seed": int, "train": TrainConfig, "evaluate": EvaluateConfig},
+                 headline=("val_loss_mean_len*", "val_loss_long_len*", "val_loss_math_len*", "answer_loss_len*",
+                           "retrieval_passkey_len*", "math_exact_match"),
+                 plots=(Plot("position", "position", "loss", "held-out loss by position on long documents"),))
 
 
 def run(st: StageRun) -> None:
-    st.manifest["evaluates"] = st.upstream_manifest("model")["stage"]
+    cfg, precision = st.cfg.evaluate, st.cfg.train.precision
+    upstream = st.upstream_manifest("model")
+    st.manifest["evaluates"] = upstream["stage"]
+    for link in ("control_of", "reference"):  # a control or a probe is judged against another model
+        if link in upstream:
+            st.manifest[link] = upstream[link]
     tok = load_tokenizer(st.input("tokenizer"))
     model = load_checkpoint(st.input("model") / "model")
-    st.metrics.update(model_measures(st, model, tok, ChatFormat(tok), chat=False))
+    st.metrics.update(model_measures(st, model, ChatFormat(tok), chat=False))
+    val = load_streams(st.input("tokenizer"), "validation")
+    needles = needle_grid(model, TaskMaker(tok, haystack(val)), list(cfg.context_lengths), cfg.needle_depths,
+                          cfg.needles_per_cell, st.seed, precision)
+    st.metrics.update(grid_metrics(needles))
+    long_docs = {d: val[d] for d in ("long", "code") if d in val}
+    position = loss_by_position(model, long_docs, cfg.long_seq_len, st.cfg.train.eval_batches,
+                                cfg.position_buckets, precision)
+    st.tables["needles"], st.tables["position"] = needles, position
+    plots.needle_heatmaps(needles, f"{upstream['stage']}: retrieval and answer loss by context length and needle "
+                                   f"depth", st.out / "needles.png")
+    mlflow.log_artifact(str(st.out / "needles.png"), "plots")
 
 
 if __name__ == "__main__":

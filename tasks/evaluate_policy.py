@@ -1,5 +1,5 @@
-"""evaluate_policy: one chat policy (sft, dpo) on held-out checks: the base models' losses and
-passkey retrieval, math exact match in the chat format, and, given a baseline policy, the win rate
+"""evaluate_policy: one chat policy (sft, dpo) on held-out checks: the base models' losses,
+math exact match in the chat format, and, given a baseline policy, the win rate
 over it judged by the reward model."""
 
 import json
@@ -21,10 +21,9 @@ SPEC = StageSpec(__doc__, inputs=("policy", "judge", "tokenizer", "corpus"), opt
 def run(st: StageRun) -> None:
     cfg, precision = st.cfg.evaluate, st.cfg.train.precision
     st.manifest["evaluates"] = st.upstream_manifest("policy")["stage"]
-    tok = load_tokenizer(st.input("policy") / "model")
-    fmt = ChatFormat(tok)
+    fmt = ChatFormat(load_tokenizer(st.input("policy") / "model"))
     policy = load_checkpoint(st.input("policy") / "model")
-    st.metrics.update(model_measures(st, policy, tok, fmt, chat=True))
+    st.metrics.update(model_measures(st, policy, fmt, chat=True))
     if "baseline" not in st.inputs:
         return
     baseline = st.upstream_manifest("baseline")["stage"]

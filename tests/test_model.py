@@ -26,6 +26,25 @@ def test_transformers_loads_checkpoint_with_same_logits(tmp_path, tie):
         assert torch.allclose(hf(x).logits, m(x), atol=1e-5)
 
 
+@pytest.mark.parametrize("scaling", ["linear", "ntk", "llama3"])
+def test_scaled_rope_loads_in_transformers_with_same_logits(tmp_path, scaling):
+    """Context extension's RoPE scaling travels in config.json: `transformers` computes the same
+    logits at positions beyond the original context, and each method changes them."""
+    transformers = pytest.importorskip("transformers")
+    m = model()
+    x = torch.randint(0, 97, (2, 60))
+    with torch.no_grad():
+        plain = m(x)
+        m.cfg.rope_scaling, m.cfg.rope_factor, m.cfg.rope_original_len = scaling, 4.0, 16
+        scaled = m(x)
+    save_checkpoint(m, tmp_path)
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        assert torch.allclose(hf(x).logits, scaled, atol=1e-5)
+    assert not torch.allclose(plain, scaled, atol=1e-3)
+    assert load_checkpoint(tmp_path).cfg.rope_scaling == scaling
+
+
 def test_save_load_roundtrip_and_reward_head(tmp_path):
     m = model()
     save_checkpoint(m, tmp_path / "lm")

@@ -106,13 +106,17 @@ def test_a_clone_without_the_outputs_says_so(restore):
     assert dvc.why_stale(restore, "corpus") == "no output here yet; dvc.lock records a run made elsewhere"
 
 
+BASE_EVALS = ["eval_pretrain", "eval_extend", "eval_extend_control", "eval_anneal", "eval_anneal_control"]
+
+
 @pytest.mark.parametrize("file, first", [
     ("tasks/dpo.py", ["dpo"]),
     ("herd/data/minhash.py", ["filter"]),
-    ("herd/evals/measures.py", ["eval_pretrain", "eval_extend", "eval_anneal", "eval_reward", "eval_sft",
-                                "eval_dpo"]),
-    ("herd/post/generate.py", ["rejection_sample", "eval_pretrain", "eval_extend", "eval_anneal", "eval_reward",
-                               "eval_sft", "eval_dpo"]),
+    ("herd/evals/measures.py", [*BASE_EVALS, "eval_reward",
+                                "eval_sft", "eval_dpo"]),
+    ("herd/post/generate.py", ["rejection_sample", *BASE_EVALS,
+                               "eval_reward", "eval_sft", "eval_dpo"]),
+    ("herd/evals/long_context.py", ["extend", "extend_control", *BASE_EVALS]),
     # reward scoring: sampling, and the evaluations that need a judge (not the base models')
     ("herd/post/scoring.py", ["rejection_sample", "eval_reward", "eval_sft", "eval_dpo"]),
 ])
@@ -156,14 +160,40 @@ def test_runtime_knobs_rerun_nothing(restore, knob, value):
 
 @pytest.mark.parametrize("knob, value, first", [
     ("dpo.beta", 0.2, ["dpo"]),
-    ("anneal.lr", 0.002, ["anneal"]),
-    ("evaluate.math_problems", 3, ["eval_pretrain", "eval_extend", "eval_anneal", "eval_reward", "eval_sft",
-                                   "eval_dpo"]),
+    ("anneal.lr", 0.002, ["anneal", "anneal_control"]),
+    ("extend.gate.max_repeats", 2, ["extend", "extend_control"]),
+    ("evaluate.math_problems", 3, [*BASE_EVALS, "eval_reward",
+                                   "eval_sft", "eval_dpo"]),
     ("filter.min_words", 6, ["filter"]),
 ])
 def test_a_param_reruns_its_readers_and_their_descendants(restore, knob, value, first):
     set_param(restore, knob, value)
     assert dvc.would_run(restore) == descendants(first)
+
+
+@pytest.mark.parametrize("knob, value", [
+    ("anneal.lr", 0.002), ("anneal.mix", {"math": 1.0}), ("anneal.average_last", 1), ("anneal.steps", 12),
+])
+def test_an_anneal_knob_never_reruns_pretrain_or_extend(restore, knob, value):
+    set_param(restore, knob, value)
+    stale = dvc.would_run(restore)
+    assert "anneal" in stale and not {"corpus", "filter", "tokenizer", "pretrain", "extend", "extend_control",
+                                      "eval_pretrain", "eval_extend", "eval_extend_control"} & set(stale)
+
+
+def test_a_data_value_probe_is_one_params_entry(restore):
+    """anneal.probes.<name> adds an annealing stage on that candidate mix and its evaluation, judged
+    against the anneal control; nothing that exists reruns but the report and the stages that read
+    `anneal` (whose section changed)."""
+    set_param(restore, "anneal.probes", {"math_only": {"math": 1.0}})
+    names = [s.name for s in stages(restore)]
+    assert {"anneal_probe_math_only", "eval_anneal_probe_math_only"} <= set(names)
+    probe = next(s for s in stages(restore) if s.name == "anneal_probe_math_only")
+    assert probe.task == "anneal_probe" and probe.upstream == ["extend", "tokenizer"]
+    write_stub_dvc_yaml(restore)
+    stale = dvc.would_run(restore)
+    assert {"anneal_probe_math_only", "eval_anneal_probe_math_only", "report"} <= set(stale)
+    assert not {"pretrain", "extend", "extend_control", "eval_extend"} & set(stale)
 
 
 def test_dpo_beta_reruns_dpo_its_evaluation_and_the_report(restore):

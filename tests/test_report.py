@@ -32,7 +32,7 @@ CFG = ReportConfig(loss_noise=0.01, rate_noise=0.05)
 def lm(loss: float, long: float, math: float, passkey: float = 0.0, **extra) -> dict:
     """An evaluation's metrics: held-out losses at 256 tokens, long documents at 1024, the rates."""
     return {"val_loss_code_len256": loss + 0.5, "val_loss_math_len256": loss - 0.5, "val_loss_mean_len256": loss,
-            "val_loss_long_len1024": long, "passkey_accuracy": passkey, "math_exact_match": math,
+            "val_loss_long_len1024": long, "retrieval_passkey_len1024": passkey, "math_exact_match": math,
             "wall_time_s": 3.0, **extra}
 
 
@@ -120,11 +120,24 @@ def test_a_gain_its_control_shows_too_is_no_effect(stages, tmp_path):
     assert "anneal_control" not in found
     assert found["anneal"].verdict == NO_EFFECT
     assert [c.verdict for c in found["anneal"].comparisons] == [IMPROVED, NO_EFFECT]
-    assert "against its control anneal_control, held-out loss 3.690 → 3.700 (+0.3%" in found["anneal"].sentence
+    assert "against its control anneal_control, math loss 3.190 → 3.200 (+0.3%" in found["anneal"].sentence
     out = tmp_path / "report"
     out.mkdir()
     write_report(gather(folders), CFG, out)
-    assert "| anneal_control (control of anneal) | 3.690 (−5.4%) |" in (out / "report.md").read_text()
+    assert "| anneal_control (control of anneal) | 3.690 (−5.4%) | 3.190 (−6.2%) |" in (out / "report.md").read_text()
+
+
+def test_a_probe_is_judged_against_the_anneal_control_not_the_chain(stages, tmp_path):
+    folders = dict(stages)
+    folders["eval_anneal_control"] = write_stage(tmp_path / "artifacts", "eval_anneal_control", lm(3.8, 4.8, 0.1),
+                                                 evaluates="anneal_control", control_of="anneal")
+    folders["eval_anneal_probe_gsm"] = write_stage(tmp_path / "artifacts", "eval_anneal_probe_gsm", lm(3.6, 4.8, 0.3),
+                                                   evaluates="anneal_probe_gsm", reference="anneal_control")
+    found = {v.stage: v for v in verdicts(gather(folders), CFG)}
+    assert found["anneal_probe_gsm"].verdict == IMPROVED
+    assert found["anneal_probe_gsm"].sentence.startswith(
+        "anneal_probe_gsm: improved — against anneal_control, math loss 3.300 → 3.100 (−6.1%, better)")
+    assert found["sft"].comparisons[0].reference == "anneal"  # the probe is no link of the chain
 
 
 def test_the_html_is_self_contained_with_every_plot_inlined(stages, tmp_path):
@@ -150,11 +163,13 @@ def test_the_markdown_table_shows_each_change_from_the_previous_model(stages, tm
     out.mkdir()
     write_report(gather(stages), CFG, out)
     md = (out / "report.md").read_text()
-    assert "| model | held-out loss | long-document loss | passkey accuracy | math exact match | win rate | verdict |" \
-        in md
-    assert "| pretrain | 4.000 | 4.680 | 0.000 | 0.050 |  | improved |" in md
-    assert "| extend | 3.900 (−2.5%) | 4.670 (−0.2%) | 0.000 (+0.000) | 0.050 (+0.000) |  | no effect |" in md
-    assert "| anneal | 3.700 (−5.1%) | 4.800 (+2.8%) | 0.000 (+0.000) | 0.300 (+0.250) |  | improved |" in md
+    assert ("| model | held-out loss | math loss | long-document loss | passkey accuracy | math exact match | win rate "
+            "| verdict |") in md
+    assert "| pretrain | 4.000 | 3.500 | 4.680 | 0.000 | 0.050 |  | improved |" in md
+    assert ("| extend | 3.900 (−2.5%) | 3.400 (−2.9%) | 4.670 (−0.2%) | 0.000 (+0.000) | 0.050 (+0.000) |  "
+            "| no effect |") in md
+    assert ("| anneal | 3.700 (−5.1%) | 3.200 (−5.9%) | 4.800 (+2.8%) | 0.000 (+0.000) | 0.300 (+0.250) |  "
+            "| improved |") in md
     for png in out.glob("*.png"):
         assert f"]({png.name})" in md
     assert summary(out).splitlines()[1].startswith("extend: no effect — against pretrain")
@@ -167,11 +182,15 @@ def test_retrieval_by_length_is_plotted_only_when_measured(stages, tmp_path):
     assert not (out / "passkey_by_length.png").exists()
     metrics_file = stages["eval_extend"] / "metrics.json"
     metrics = json.loads(metrics_file.read_text())
-    metrics_file.write_text(json.dumps({**metrics, "passkey_accuracy_len512": 0.5, "passkey_accuracy_len1024": 0.3}))
+    metrics_file.write_text(json.dumps({**metrics, "retrieval_passkey_len512": 0.5, "answer_loss_len512": 3.0,
+                                        "answer_loss_len1024": 3.5}))
+    with open(stages["eval_extend"] / "position.csv", "w") as fh:
+        fh.write("position,loss\n256,4.5\n512,4.2\n")
     write_report(gather(stages), CFG, out)
-    assert (out / "passkey_by_length.png").exists()
-    assert (out / "report.html").read_text().count("<img ") == 6
-    assert "![Passkey accuracy by context length, per model.](passkey_by_length.png)" in (out / "report.md").read_text()
+    for png in ("passkey_by_length.png", "answer_loss_by_length.png", "loss_by_position.png"):
+        assert (out / png).exists()
+        assert f"]({png})" in (out / "report.md").read_text()
+    assert (out / "report.html").read_text().count("<img ") == 8
 
 
 def test_noise_bands_must_be_shares():

@@ -1,11 +1,12 @@
 """Held-out measures of any language model, base or policy: loss by domain at two context
-lengths, passkey retrieval, math exact match (preference measures: herd/evals/preference.py)."""
+lengths, math exact match (long-context measures: herd/evals/long_context.py; preference measures:
+herd/evals/preference.py)."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
-from herd.config import positive
+from herd.config import ParamError, positive
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_streams
 from herd.post.generate import sample
@@ -18,13 +19,20 @@ class EvaluateConfig:
     short_seq_len: int = 256  # losses of every base model at the pretraining context ...
     long_seq_len: int = 1024  # ... and, on long documents, at the extended one
     math_problems: int = 60
-    passkey_docs: int = 20
     max_new_tokens: int = 64
     win_rate_prompts: int = 40
+    # Long-context retrieval of base models: below, at and beyond the trained lengths.
+    context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
+    needle_depths: int = 5  # from the start of the context to its end
+    needles_per_cell: int = 2  # tasks of each kind per (length, depth)
+    position_buckets: int = 16  # loss by position on long documents at long_seq_len
 
     def check(self, root) -> None:
-        positive(self, "short_seq_len", "long_seq_len", "math_problems", "passkey_docs", "max_new_tokens",
-                 "win_rate_prompts")
+        positive(self, "short_seq_len", "long_seq_len", "math_problems", "max_new_tokens", "win_rate_prompts",
+                 "needle_depths", "needles_per_cell", "position_buckets")
+        if not self.context_lengths or min(self.context_lengths) < 64:
+            raise ParamError("context_lengths", f"needs lengths of at least 64 tokens (a task's question and "
+                             f"needle take ~40), got {list(self.context_lengths)}")
 
 
 def greedy(model, prompt_ids: list[int], max_new: int, stop_ids: tuple[int, ...], precision: str) -> list[int]:
@@ -41,19 +49,10 @@ def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: 
     return round(hits / len(problems), 4)
 
 
-def passkey_accuracy(model, tok, docs, precision: str) -> float:
-    """Share of long documents whose hidden pass key the model continues with."""
-    hits = 0
-    for doc in docs:
-        out = tok.decode(greedy(model, tok.encode(doc["text"]).ids, 6, (), precision))
-        hits += doc["answer"] in out.replace(" ", "")
-    return round(hits / len(docs), 4)
-
-
-def model_measures(st, model, tok, fmt, chat: bool) -> dict[str, float]:
+def model_measures(st, model, fmt, chat: bool) -> dict[str, float]:
     """The measures every language model gets, base or policy: held-out loss by domain at the
-    short context, loss on long documents at the long context, passkey retrieval, math exact
-    match (in the chat format for a policy)."""
+    short context, loss on long documents at the long context, math exact match (in the chat
+    format for a policy)."""
     cfg, precision = st.cfg.evaluate, st.cfg.train.precision
     val = load_streams(st.input("tokenizer"), "validation")
     evals = st.input("corpus") / "evals"
@@ -65,8 +64,6 @@ def model_measures(st, model, tok, fmt, chat: bool) -> dict[str, float]:
         if "long" in val:
             out[f"val_loss_long_len{cfg.long_seq_len}"] = eval_losses(st, model, {"long": val["long"]},
                                                                       cfg.long_seq_len)["long"]
-    passkeys = read_jsonl(evals / "passkey_test.jsonl")[: cfg.passkey_docs]
-    out["passkey_accuracy"] = passkey_accuracy(model, tok, passkeys, precision)
     problems = read_jsonl(evals / "math_test.jsonl")[: cfg.math_problems]
     out["math_exact_match"] = math_exact_match(model, fmt, problems, chat, cfg.max_new_tokens, precision)
     return out

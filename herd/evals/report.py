@@ -31,27 +31,33 @@ IMPROVED, NO_EFFECT, WORSE = "improved", "no effect", "worse"
 RANK = (WORSE, NO_EFFECT, IMPROVED)  # least favourable first
 TIE = 0.5  # a model's win rate over itself, and a reward model's accuracy by chance
 LOSS = re.compile(r"val_loss_(\w+?)_len(\d+)$")
-PASSKEY = re.compile(r"passkey_accuracy_len(\d+)$")
-RATES = {"passkey_accuracy": "passkey accuracy", "math_exact_match": "math exact match",
-         "win_rate_vs_baseline": "win rate", "heldout_accuracy": "reward accuracy"}
-COLUMNS = ("held-out loss", "long-document loss", "passkey accuracy", "math exact match", "win rate")
+ANSWER_LOSS = re.compile(r"answer_loss_len(\d+)$")
+PASSKEY = re.compile(r"retrieval_passkey_len(\d+)$")
+RATES = {"math_exact_match": "math exact match", "win_rate_vs_baseline": "win rate",
+         "heldout_accuracy": "reward accuracy"}
+COLUMNS = ("held-out loss", "math loss", "long-document loss", "long-context answer loss", "passkey accuracy",
+           "math exact match", "win rate")
 
 # What each stage is for, hence what its verdict is decided on (a stage not listed: every measure).
 # Post-training is expected to raise the loss on the pretraining domains; that is not what it is for.
 MATTERS = {
     "pretrain": ("held-out loss",),
-    "extend": ("long-document loss", "passkey accuracy"),
-    "anneal": ("held-out loss", "math exact match"),
+    "extend": ("long-context answer loss", "long-document loss", "passkey accuracy"),
+    "anneal": ("math loss", "math exact match"),
+    "anneal_probe": ("math loss", "held-out loss", "math exact match"),
     "reward": ("reward accuracy",),
     "sft": ("math exact match",),
     "dpo": ("math exact match", "win rate"),
 }
 DOES = {
     "pretrain": "Trains the model from random weights on the filtered training mix.",
-    "extend": "Continues pretraining at a longer context with a raised RoPE base, on long documents plus a "
-              "replay of the mix.",
+    "extend": "Continues pretraining in steps of longer context, each with a raised RoPE base and a re-warmed "
+              "and re-decayed learning rate, on long documents, generated long-context tasks and a replay of "
+              "the mix; judged against its control, the pretrained model with the same RoPE and no training.",
     "anneal": "A short run on a high-quality mix with the learning rate decayed to zero; the model is the "
-              "average of its last checkpoints.",
+              "average of its last checkpoints. Judged against its control, the same run on the general mix.",
+    "anneal_probe": "A data-value probe: annealing with part of the general mix replaced by a candidate mix, "
+                    "judged against the anneal control.",
     "reward": "A reward model started from the annealed base, trained to prefer right worked solutions over "
               "wrong ones.",
     "sft": "Supervised fine-tuning of the annealed base, in the chat format, on the best-scored of the answers "
@@ -60,7 +66,8 @@ DOES = {
 }
 SETTINGS = {"seq_len": "context {} tokens", "steps": "{} steps", "lr": "peak learning rate {}",
             "batch_size": "batch {}", "rope_base": "RoPE base {}", "beta": "β {}", "mix": "mix {}",
-            "long_mix": "long-context mix {}"}
+            "long_mix": "long-context mix {}", "replay_frac": "replay {}", "task_frac": "generated tasks {}",
+            "average_last": "average of the last {} checkpoints"}
 
 
 @dataclass
@@ -80,6 +87,9 @@ class Evaluation:
     metrics: dict
     baseline: str | None = None  # the policy its win rate is measured against
     control_of: str | None = None  # the stage it is a control of
+    reference: str | None = None  # the model it is judged against instead of the previous one (a probe's)
+    needles: Path | None = None  # its needle-in-a-haystack heatmaps
+    position: list[dict] = field(default_factory=list)  # its loss by position on long documents
 
 
 @dataclass
@@ -108,22 +118,25 @@ def gather(folders: dict[str, Path]) -> Results:
         metrics = json.loads((folder / "metrics.json").read_text())
         metrics.pop("wall_time_s", None)
         if "evaluates" in manifest:
-            results.evaluations[manifest["evaluates"]] = Evaluation(metrics, manifest.get("baseline"),
-                                                                    manifest.get("control_of"))
+            results.evaluations[manifest["evaluates"]] = Evaluation(
+                metrics, manifest.get("baseline"), manifest.get("control_of"), manifest.get("reference"),
+                folder / "needles.png" if (folder / "needles.png").is_file() else None,
+                read_table(folder / "position.csv", {"position": int, "loss": float}),
+            )
         elif manifest["stage"] == "filter":
             results.filter, results.funnel = metrics, folder / "funnel.png"
         else:
-            results.training[manifest["stage"]] = Training(metrics, manifest["params"],
-                                                           read_curve(folder / "curve.csv"))
+            curve = read_table(folder / "curve.csv", {"step": int, "loss": float, "lr": float})
+            results.training[manifest["stage"]] = Training(metrics, manifest["params"], curve)
     return results
 
 
-def read_curve(path: Path) -> list[dict]:
-    """A training stage's curve.csv; none from an output written before stages kept their curve."""
+def read_table(path: Path, columns: dict[str, type]) -> list[dict]:
+    """A table a stage wrote (curve.csv, position.csv), its columns typed; none if it wrote none."""
     if not path.is_file():
         return []
     with open(path, newline="") as fh:
-        return [{"step": int(r["step"]), "loss": float(r["loss"]), "lr": float(r["lr"])} for r in csv.DictReader(fh)]
+        return [{k: cast(r[k]) for k, cast in columns.items()} for r in csv.DictReader(fh)]
 
 
 # ---------------------------------------------------------------- measures
@@ -135,15 +148,23 @@ def lengths(metrics: dict, domain: str) -> dict[int, float]:
 
 
 def headline(metrics: dict) -> dict[str, float]:
-    """An evaluation's headline numbers by name: the mean held-out loss over domains at the
-    shortest context, the loss on long documents at the longest, passkey accuracy, math exact
-    match, the win rate over the baseline, a reward model's accuracy on held-out pairs."""
+    """An evaluation's headline numbers by name: the mean held-out loss over domains and the math
+    loss at the shortest context, the loss on long documents at the longest, and there the loss of
+    the answers of generated long-context tasks and passkey retrieval; math exact match, the win
+    rate over the baseline, a reward model's accuracy on held-out pairs."""
     out = {}
-    mean, long = lengths(metrics, "mean"), lengths(metrics, "long")
+    mean, long, math_ = lengths(metrics, "mean"), lengths(metrics, "long"), lengths(metrics, "math")
     if mean:
         out["held-out loss"] = mean[min(mean)]
+    if math_:
+        out["math loss"] = math_[min(math_)]
     if long:
-        out["long-document loss"] = long[max(long)]
+        longest = max(long)
+        out["long-document loss"] = long[longest]
+        if f"answer_loss_len{longest}" in metrics:
+            out["long-context answer loss"] = metrics[f"answer_loss_len{longest}"]
+        if f"retrieval_passkey_len{longest}" in metrics:
+            out["passkey accuracy"] = metrics[f"retrieval_passkey_len{longest}"]
     out.update({name: metrics[key] for key, name in RATES.items() if key in metrics})
     return out
 
@@ -172,8 +193,14 @@ def listing(items: list[str]) -> str:
 
 
 def kind(stage: str) -> str:
-    """The stage's task: a later round's stages carry the suffix _r<round>."""
-    return re.sub(r"_r\d+$", "", stage)
+    """The stage's task: a later round's stages carry the suffix _r<round>, a probe its name."""
+    task = re.sub(r"_r\d+$", "", stage)
+    return "anneal_probe" if task.startswith("anneal_probe_") else task
+
+
+def section(stage: str) -> str:
+    """The params section a training stage reads: a control's or probe's is its stage's."""
+    return {"anneal_probe": "anneal", "anneal_control": "anneal"}.get(kind(stage), kind(stage))
 
 
 # ---------------------------------------------------------------- verdicts
@@ -236,14 +263,17 @@ class Verdict:
 
 def previous_models(results: Results) -> dict[str, str | None]:
     """Each language model's predecessor in the chain: the model evaluated before it (reward
-    models and controls are not links); a control's is that of the stage it controls."""
+    models, controls and probes are not links); a control's is that of the stage it controls, a
+    probe's the model it is judged against."""
     out, last = {}, None
     for stage, ev in results.evaluations.items():
-        if not ev.control_of and "heldout_accuracy" not in ev.metrics:
+        if not ev.control_of and not ev.reference and "heldout_accuracy" not in ev.metrics:
             out[stage], last = last, stage
     for stage, ev in results.evaluations.items():
         if ev.control_of:
             out[stage] = out.get(ev.control_of)
+        elif ev.reference:
+            out[stage] = ev.reference if ev.reference in results.evaluations else None
     return out
 
 
@@ -329,11 +359,11 @@ def rate_table(results: Results) -> dict[str, dict[str, float]]:
     return {stage: row for stage, row in table.items() if row}
 
 
-def passkey_by_length(results: Results) -> dict[str, dict[int, float]]:
-    """{stage: {context length: passkey accuracy}} of the evaluations that measure it by length."""
-    table = {stage: {int(m.group(1)): value for key, value in ev.metrics.items() if (m := PASSKEY.match(key))}
+def by_context_length(results: Results, pattern: re.Pattern) -> dict[str, dict[int, float]]:
+    """{stage: {context length: value}} of a measure taken at several lengths (`pattern` captures it)."""
+    table = {stage: {int(m.group(1)): value for key, value in ev.metrics.items() if (m := pattern.match(key))}
              for stage, ev in results.evaluations.items()}
-    return {stage: row for stage, row in table.items() if row}
+    return {stage: row for stage, row in table.items() if len(row) > 1}
 
 
 def write_plots(results: Results, out: Path) -> list[tuple[str, str]]:
@@ -360,11 +390,30 @@ def write_plots(results: Results, out: Path) -> list[tuple[str, str]]:
         plots.grouped_bars(rates, "math exact match and passkey accuracy", "share correct", out / "accuracy.png",
                            values=True)
         figures.append(("accuracy.png", "Math exact match and passkey accuracy, per model."))
-    by_length = passkey_by_length(results)
+    by_length = by_context_length(results, PASSKEY)
     if by_length:
         plots.lines(by_length, "passkey retrieval by context length", "context length (tokens)", "accuracy",
                     out / "passkey_by_length.png")
-        figures.append(("passkey_by_length.png", "Passkey accuracy by context length, per model."))
+        figures.append(("passkey_by_length.png", "Passkey retrieval (greedy exact match, over needle depths) by "
+                                                 "context length, per base model."))
+    answers = by_context_length(results, ANSWER_LOSS)
+    if answers:
+        plots.lines(answers, "loss of long-context task answers by context length", "context length (tokens)",
+                    "answer loss (nats/token)", out / "answer_loss_by_length.png")
+        figures.append(("answer_loss_by_length.png", "Loss of the answers of generated long-context tasks (passkey, "
+                                                     "key-value, multi-needle, quoted passage) by context length."))
+    position = {stage: {p["position"]: p["loss"] for p in ev.position}
+                for stage, ev in results.evaluations.items() if ev.position}
+    if position:
+        plots.lines(position, "held-out loss by position on long documents", "position (tokens)", "loss",
+                    out / "loss_by_position.png", log_x=False)
+        figures.append(("loss_by_position.png", "Held-out loss by position in long documents, per base model: "
+                                                "a model that uses far context gets better along the window."))
+    for stage, ev in results.evaluations.items():
+        if ev.needles and kind(stage) in ("extend", "extend_control"):
+            shutil.copy(ev.needles, out / f"needles_{stage}.png")
+            figures.append((f"needles_{stage}.png", f"Needle in a haystack, {stage}: retrieval (top) and answer "
+                                                    "loss (bottom) by context length and needle depth."))
     return figures
 
 
@@ -391,8 +440,9 @@ def models_table(results: Results, found: list[Verdict]) -> tuple[list[str], lis
     rows = []
     for stage, mine in numbers.items():
         before = headline(results.evaluations[previous[stage]].metrics) if previous[stage] else {}
-        control_of = results.evaluations[stage].control_of
-        name = f"{stage} (control of {control_of})" if control_of else stage
+        ev = results.evaluations[stage]
+        name = (f"{stage} (control of {ev.control_of})" if ev.control_of else
+                f"{stage} (against {ev.reference})" if ev.reference else stage)
         rows.append([name, *(cell(c, mine, before) for c in columns), verdict_of.get(stage, "")])
     return ["model", *columns, "verdict"], rows
 
@@ -409,7 +459,7 @@ def what_it_does(stage: str, results: Results) -> str:
     what = [DOES[kind(stage)]] if kind(stage) in DOES else []
     training = results.training.get(stage)
     if training:
-        shown = settings(training.params.get(kind(stage), {}))
+        shown = settings(training.params.get(section(stage), {}))
         what += [f"Settings: {shown}."] if shown else []
         if "final_loss" in training.metrics:
             what.append(f"Final training loss {training.metrics['final_loss']:.3f}.")

@@ -19,6 +19,9 @@ from torch import nn
 from herd.errors import HerdError
 from herd.model.cross_entropy import linear_cross_entropy
 
+ROPE_SCALINGS = ("none", "linear", "ntk", "llama3")
+LLAMA3_FREQ_FACTORS = (1.0, 4.0)  # Llama 3.1's low_freq_factor and high_freq_factor
+
 
 @dataclass
 class LlamaConfig:
@@ -36,10 +39,47 @@ class LlamaConfig:
     pad_id: int = 1
     n_experts: int = 0  # 0: dense SwiGLU; otherwise a mixture of this many experts
     experts_per_token: int = 2
+    # RoPE scaling for a context longer than the one pretrained on (`rope_original_len`), by `rope_factor`.
+    rope_scaling: str = "none"  # none | linear | ntk | llama3
+    rope_factor: float = 1.0
+    rope_original_len: int = 0
 
     @property
     def head_dim(self) -> int:
         return self.dim // self.n_heads
+
+    def inv_freq(self) -> torch.Tensor:
+        """RoPE's inverse frequencies, scaled: `linear` slows every rotation by the factor (position
+        interpolation); `ntk` raises the base so the slowest rotation slows by the factor while the
+        fastest stay (NTK-aware); `llama3` slows only the rotations whose wavelength exceeds the
+        original context, blending over a band (Llama 3.1's low/high frequency factors 1 and 4)."""
+        hd, base = self.head_dim, self.rope_base
+        if self.rope_scaling == "ntk":
+            base = self.effective_rope_base
+        inv = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        if self.rope_scaling == "linear":
+            return inv / self.rope_factor
+        if self.rope_scaling == "llama3":
+            low, high = LLAMA3_FREQ_FACTORS
+            wavelen = 2 * math.pi / inv
+            smooth = ((self.rope_original_len / wavelen - low) / (high - low)).clamp(0, 1)
+            return (1 - smooth) * inv / self.rope_factor + smooth * inv
+        return inv
+
+    @property
+    def effective_rope_base(self) -> float:
+        if self.rope_scaling != "ntk":
+            return self.rope_base
+        return self.rope_base * self.rope_factor ** (self.head_dim / (self.head_dim - 2))
+
+    def hf_rope_scaling(self) -> dict | None:
+        if self.rope_scaling == "linear":
+            return {"rope_type": "linear", "factor": self.rope_factor}
+        if self.rope_scaling == "llama3":
+            low, high = LLAMA3_FREQ_FACTORS
+            return {"rope_type": "llama3", "factor": self.rope_factor, "low_freq_factor": low,
+                    "high_freq_factor": high, "original_max_position_embeddings": self.rope_original_len}
+        return None  # none, or ntk: a plain RoPE with the raised base
 
     def to_hf(self, architecture: str) -> dict:
         moe = {"model_type": "mixtral", "num_local_experts": self.n_experts,
@@ -48,7 +88,8 @@ class LlamaConfig:
             "architectures": [architecture], "model_type": "llama", **moe, "vocab_size": self.vocab_size,
             "hidden_size": self.dim, "intermediate_size": self.ffn_dim, "num_hidden_layers": self.n_layers,
             "num_attention_heads": self.n_heads, "num_key_value_heads": self.n_kv_heads,
-            "rms_norm_eps": self.norm_eps, "rope_theta": self.rope_base, "tie_word_embeddings": self.tie_embeddings,
+            "rms_norm_eps": self.norm_eps, "rope_theta": self.effective_rope_base,
+            "rope_scaling": self.hf_rope_scaling(), "tie_word_embeddings": self.tie_embeddings,
             "max_position_embeddings": self.max_seq_len, "bos_token_id": self.eot_id, "eos_token_id": self.eot_id,
             "pad_token_id": self.pad_id, "hidden_act": "silu", "attention_bias": False, "mlp_bias": False,
             "torch_dtype": "float32", "num_labels": 1, "herd": asdict(self),
@@ -67,8 +108,7 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(cfg: LlamaConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    inv_freq = 1.0 / (cfg.rope_base ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
-    freqs = positions.float()[:, None] * inv_freq[None, :]
+    freqs = positions.float()[:, None] * cfg.inv_freq().to(positions.device)[None, :]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
 

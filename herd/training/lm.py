@@ -46,7 +46,9 @@ class WindowSampler:
 
     def __init__(self, streams: dict[str, np.ndarray], weights: dict[str, float], seq_len: int,
                  batch_size: int, seed: int, *, steps: int, eot_id: int, micro_batch_size: int | None = None,
-                 seq_len_ramp=(), batch_ramp=(), mix_schedule=()):
+                 seq_len_ramp=(), batch_ramp=(), mix_schedule=(), tasks=None):
+        # `tasks`: generated rows (`tasks.count` per batch, `tasks(step, seq_len)`) in place of windows.
+        self.tasks = tasks
         self.streams = {d: torch.from_numpy(s.astype(np.int64)) for d, s in streams.items()}
         self.seed, self.eot_id = seed, eot_id
         self.micro = micro_batch_size or batch_size
@@ -72,8 +74,9 @@ class WindowSampler:
                    and len(self.streams[d]) > seq_len + 1]
         probs = torch.tensor([mix[d] for d in domains], dtype=torch.float64)
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
-        rows = []
-        for d in torch.multinomial(probs, batch_size, replacement=True, generator=g).tolist():
+        generated = self.tasks(step, seq_len) if self.tasks else []
+        rows = [torch.tensor(r, dtype=torch.int64) for r in generated]
+        for d in torch.multinomial(probs, batch_size - len(rows), replacement=True, generator=g).tolist():
             stream = self.streams[domains[d]]
             start = int(torch.randint(0, len(stream) - seq_len - 1, (1,), generator=g))
             rows.append(stream[start : start + seq_len + 1])

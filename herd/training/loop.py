@@ -128,6 +128,7 @@ def train(
     eval_fn: Callable[[], dict] | None = None,
     on_step_end: Callable[[int, torch.nn.Module], None] | None = None,
     flops_per_token: float | None = None,
+    phase: str | None = None,
 ) -> dict:
     """Train for `steps` optimizer steps, resuming from the stage's checkpoint folder.
 
@@ -135,13 +136,17 @@ def train(
     loss_fn returns (mean loss, metrics); metrics may include `tokens` (for tokens/s and MFU).
     Under torchrun every rank takes its share of each micro-batch and DDP averages the gradients,
     so N processes compute the same update as one.
+
+    A stage that trains in several phases (extend's steps) names each `phase`: each resumes from
+    its own checkpoint, which is kept when the phase completes, so a rerun of the stage passes over
+    finished phases (restoring their weights) instead of repeating them.
     """
     precision, tcfg = st.cfg.train.precision, st.cfg.runtime.train
     rank, world = distributed.rank(), distributed.world_size()
     dev = distributed.device()
     model.to(dev)
     opt = make_optimizer(model, weight_decay)
-    ckpt = st.checkpoint_dir() / "latest"
+    ckpt = st.checkpoint_dir() / (phase or "latest")
     start, curve = _load_state(ckpt, model, opt, key)
     if start and rank == 0:
         print(f"[{st.name}] resuming from step {start}/{steps}")
@@ -208,10 +213,13 @@ def train(
                     _save_state(ckpt, model, opt, done, key, curve)
                     print(f"[{st.name}] stopped at step {done}/{steps}; the next run resumes from here", flush=True)
                 raise KeyboardInterrupt
+    if phase and start < steps and rank == 0:
+        _save_state(ckpt, model, opt, steps, key, curve)
     model.eval()
     st.tables["curve"] = curve  # the loss and learning rate by step, across resumes
     elapsed = max(1e-9, time.time() - t0)
-    result = {"final_loss": history.get("loss", float("nan")), "tokens_per_s": round(tokens / elapsed, 1)}
+    last = curve[-1]["loss"] if curve else float("nan")
+    result = {"final_loss": history.get("loss", last), "tokens_per_s": round(tokens / elapsed, 1)}
     if peak:
         result["mfu"] = round(tokens / elapsed * flops_per_token / (peak * world), 4)
         result["peak_flops"] = peak
