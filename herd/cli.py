@@ -1,7 +1,8 @@
 """The `herd` command.
 
     herd run [STAGE ...]    run the pipeline through Prefect (only stages whose code, inputs or params
-                            changed), all of it or up to and including STAGE; --force reruns STAGE
+                            changed), all of it or up to and including STAGE; --force reruns STAGE;
+                            --profile NAME first writes profiles/NAME.yaml into params.yaml
     herd status             say which stages would run and why, without running anything
     herd report             bring the evaluation report up to date and print its verdicts
     herd lineage TARGET     the chain behind a registered model or an output, back to the raw sources
@@ -21,6 +22,7 @@ import herd  # noqa: F401  (sets the offline environment before prefect and mlfl
 from herd.errors import HerdError
 from herd.orchestration import dvc
 from herd.orchestration.session import STAGES, exclusive_run, stop_on_signals
+from herd.profiles import apply_profile
 from herd.recipe import check_params, stages
 from herd.runtime.env import VERBOSE_ENV, project_root
 
@@ -32,6 +34,12 @@ def sync_dvc_yaml(root) -> None:
 
 
 def cmd_run(args) -> None:
+    if args.profile:
+        changes = apply_profile(project_root(), args.profile, check_params)
+        print(f"[herd] params.yaml: profile {args.profile} applied ({len(changes)} values changed; "
+              f"`git checkout params.yaml` goes back)", flush=True)
+        for change in changes:
+            print(f"[herd]   {change}", flush=True)
     run_pipeline(args.stages, args.force, args.wait, args.verbose)
 
 
@@ -153,6 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("stages", nargs="*", metavar="STAGE", help="run only up to and including these stages")
     run.add_argument("--force", action="store_true", help="rerun the named stages (all, without names) even if "
                      "up to date")
+    run.add_argument("--profile", metavar="NAME", help="first write profiles/NAME.yaml into params.yaml (e.g. demo: "
+                     "a larger model and budget that shows the task-level effects)")
     add_run_options(run)
     run.set_defaults(fn=cmd_run)
     report = sub.add_parser("report", help="bring the evaluation report up to date (running what it needs) and "

@@ -1,14 +1,18 @@
 """params.yaml is validated before any work, each section by its own schema, and errors name the key."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 from omegaconf.errors import ConfigAttributeError
 
 from herd.config import load_sections
 from herd.errors import HerdError
+from herd.profiles import apply_profile
 from herd.recipe import check_params
 from herd.runtime.config import RuntimeConfig
 from herd.stage import stage_run
@@ -104,3 +108,41 @@ def test_every_stage_cli_answers_help_without_running(tmp_path, task):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: python -m tasks.") and "params sections:" in proc.stdout
     assert not (tmp_path / "artifacts").exists() and not (tmp_path / ".herd").exists()
+
+
+def profile_project(tmp_path, profile: str):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    (tmp_path / "profiles").mkdir()
+    (tmp_path / "profiles" / "p.yaml").write_text(profile)
+    return tmp_path
+
+
+def test_the_demo_profile_is_valid_params():
+    folder = REPO / "profiles"
+    assert (folder / "demo.yaml").is_file()
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(REPO / "params.yaml", tmp)
+        shutil.copytree(folder, f"{tmp}/profiles")
+        changes = apply_profile(Path(tmp), "demo", check_params)
+        assert any(c.startswith("model.dim: 192 -> ") for c in changes)
+        assert check_params(Path(tmp)).model.dim > 192
+
+
+def test_a_profile_is_written_into_params_keeping_comments_and_other_values(tmp_path):
+    folder = profile_project(tmp_path, "dpo: {beta: 0.3}\nextend: {task_frac: 0.5}\n")
+    changes = apply_profile(folder, "p", check_params)
+    assert changes == ["dpo.beta: 0.1 -> 0.3", "extend.task_frac: 0.25 -> 0.5"]
+    text = (folder / "params.yaml").read_text()
+    assert "# Knobs that never change a result" in text  # comments survive
+    params = check_params(folder)
+    assert params.dpo.beta == 0.3 and params.extend.task_frac == 0.5 and params.dpo.lr == 0.0001
+
+
+def test_a_bad_profile_leaves_params_as_they_were(tmp_path):
+    folder = profile_project(tmp_path, "dpo: {beta: -1.0}\n")
+    before = (folder / "params.yaml").read_text()
+    with pytest.raises(HerdError, match=r"profile p: params.yaml: dpo.beta"):
+        apply_profile(folder, "p", check_params)
+    assert (folder / "params.yaml").read_text() == before
+    with pytest.raises(HerdError, match=r"no profile 'demo2'.*the profiles are: p"):
+        apply_profile(folder, "demo2", check_params)

@@ -449,9 +449,14 @@ def models_table(results: Results, found: list[Verdict]) -> tuple[list[str], lis
 
 def settings(section: dict) -> str:
     def show(value) -> str:
+        if isinstance(value, list):  # extend's steps
+            return "; ".join(f"{s['tokens']:,} tokens at context {s['seq_len']} with RoPE base {s['rope_base']:g}"
+                             + (f" ({s['rope_scaling']} scaling)" if s.get("rope_scaling", "none") != "none" else "")
+                             for s in value)
         return ", ".join(f"{k} {w:g}" for k, w in value.items()) if isinstance(value, dict) else f"{value:g}"
 
-    return ", ".join(text.format(show(section[key])) for key, text in SETTINGS.items() if key in section)
+    return ", ".join(("in steps: {}" if isinstance(section[key], list) else text).format(show(section[key]))
+                     for key, text in SETTINGS.items() if key in section)
 
 
 def what_it_does(stage: str, results: Results) -> str:

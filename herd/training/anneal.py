@@ -1,5 +1,5 @@
-"""Annealing (Llama 3.1): a short run with the learning rate decayed linearly to zero, the model
-the uniform average of the run's last checkpoints. The stages anneal, anneal_control and
+"""Annealing (Llama 3.1): a short run with the learning rate decayed linearly to zero, the model an
+average of the run's last checkpoints (Polyak averaging). The stages anneal, anneal_control and
 anneal_probe_<name> run it on different mixes."""
 
 from dataclasses import dataclass, field
@@ -27,8 +27,8 @@ class AnnealConfig:
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     mix: dict[str, float] = field(default_factory=lambda: {"math": 0.7, "code": 0.3})  # the high-quality mix
-    average_last: int = 3  # average this many checkpoints from the end of the run
-    average_every: int = 20
+    average_last: int = 4  # candidates for the average: this many checkpoints from the end of the run, ...
+    average_every: int = 5  # ... this many steps apart
     # Data-value probes (Llama 3): each entry anneals on probe_frac of its mix plus the general mix,
     # and is judged against anneal_control.
     probes: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -55,8 +55,9 @@ def general_mix(streams: dict) -> dict[str, float]:
 
 def anneal(st, weights: dict[str, float]) -> None:
     """Anneal on `weights` and save the average of the last checkpoints. Held-out loss on the
-    high-quality mix (`val_loss_hq_*`) is measured for the last checkpoint, for each averaged
-    checkpoint (logged to MLflow at its step) and for the average."""
+    high-quality mix (`val_loss_hq_*`) is measured for the last checkpoint, for each candidate
+    checkpoint (logged to MLflow at its step), for the uniform average of all candidates and for
+    the model kept (`averaged`)."""
     cfg = st.cfg.anneal
     tokens = st.input("tokenizer")
     model = load_checkpoint(st.input("base") / "model")
@@ -85,8 +86,24 @@ def anneal(st, weights: dict[str, float]) -> None:
         lr_at=lambda step: linear_to_zero(step, cfg.steps, cfg.lr), on_step_end=snapshot,
     ))
     st.metrics["val_loss_hq_last"] = hq_loss(model)
-    states = [load_file(str(f)) for f in sorted(snapshots.glob("step_*.safetensors"))]
-    model.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}, strict=False)
-    st.metrics["averaged_checkpoints"] = len(states)
-    st.metrics["val_loss_hq_averaged"] = hq_loss(model)
+    newest_first = sorted(snapshots.glob("step_*.safetensors"), key=lambda f: -int(f.stem.split("_")[1]))
+    states = [load_file(str(f)) for f in newest_first]
+    st.metrics["val_loss_hq_uniform_average"] = hq_loss(averaged(model, states))
+    kept, best = [states[0]], hq_loss(averaged(model, states[:1]))
+    # Greedy (Wortsman et al.'s greedy soup): an older checkpoint joins the average only if the
+    # held-out loss does not rise, so the average is never worse than the last checkpoint; while the
+    # loss still falls fast, the older ones only drag it back.
+    for state in states[1:]:
+        loss = hq_loss(averaged(model, [*kept, state]))
+        if loss <= best:
+            kept, best = [*kept, state], loss
+    averaged(model, kept)
+    st.metrics["averaged_checkpoints"] = len(kept)
+    st.metrics["val_loss_hq_averaged"] = best
     save_model(st, model, tokens)
+
+
+def averaged(model, states: list[dict]):
+    """`model` with the uniform average of the weights in `states` loaded."""
+    model.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}, strict=False)
+    return model
