@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from herd.config import ParamError, load_sections
 from herd.data.corpus import CorpusConfig
 from herd.errors import HerdError
+from herd.evals.measures import EvaluateConfig
 from herd.runtime.config import RuntimeConfig
 from herd.runtime.env import project_root
 from herd.training.anneal import AnnealConfig
@@ -64,10 +65,12 @@ def stage(name: str, task: str | None = None, **inputs: str) -> Stage:
     return Stage(name, task or name, tuple(inputs.items()))
 
 
-def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ...] = ()) -> list[Stage]:
+def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ...] = (),
+           eval_files: tuple[str, ...] = ()) -> list[Stage]:
     """The chain: data, pretraining, context extension, annealing (each of the two with its
     control), then post-training rounds and one evaluation per model, gathered in a report.
-    `sources` are the local corpus sources, `probes` the data-value probes of `anneal.probes`."""
+    `sources` are the local corpus sources, `probes` the data-value probes of `anneal.probes`,
+    `eval_files` the held-out files the base models' evaluations read (`evaluate.answer_loss_files`)."""
     stages = [
         Stage("corpus", "corpus", data=tuple(sources)),
         stage("filter", corpus="corpus"),
@@ -82,8 +85,8 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ..
     ]
     # Every base model and control is evaluated; a control's evaluation sits beside its stage's.
     bases = ["pretrain", "extend", "extend_control", "anneal", "anneal_control", *(f"anneal_probe_{p}" for p in probes)]
-    evals = [stage(f"eval_{model}", "evaluate_base", model=model, tokenizer="tokenizer", corpus="corpus")
-             for model in bases]
+    inputs = (("tokenizer", "tokenizer"), ("corpus", "corpus"))
+    evals = [Stage(f"eval_{model}", "evaluate_base", (("model", model), *inputs), tuple(eval_files)) for model in bases]
     evals.append(stage("eval_reward", "evaluate_reward", reward="reward", corpus="corpus"))
     policy = "anneal"
     for r in range(1, rounds + 1):
@@ -109,11 +112,12 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ..
 
 def stages(root: Path | None = None) -> list[Stage]:
     """The recipe as params.yaml shapes it: its `post.rounds`, its local `corpus.sources`, its
-    `anneal.probes`."""
+    `anneal.probes` and `evaluate.answer_loss_files`."""
     root = root or project_root()
-    params = load_sections(root / "params.yaml", {"post": PostConfig, "corpus": CorpusConfig, "anneal": AnnealConfig})
+    params = load_sections(root / "params.yaml", {"post": PostConfig, "corpus": CorpusConfig, "anneal": AnnealConfig,
+                                                  "evaluate": EvaluateConfig})
     return recipe(params.post.rounds, tuple(OmegaConf.to_object(params.corpus).local_sources(root)),
-                  tuple(params.anneal.probes))
+                  tuple(params.anneal.probes), tuple(params.evaluate.answer_loss_files))
 
 
 def schemas(steps: list[Stage]) -> dict[str, type]:

@@ -2,15 +2,17 @@
 checks: loss by domain at the short context, loss on long documents at the long context and by
 position, retrieval of generated needles by context length and depth (passkey, key-value,
 multi-needle, quoted-passage QA) with the loss of their answers, math exact match from a plain
-prompt. needles.png (the needle-in-a-haystack heatmaps) and the loss by position go to MLflow."""
+prompt, and the answer loss on held-out question/answer files (GSM8K test with real data).
+needles.png (the needle-in-a-haystack heatmaps) and the loss by position go to MLflow."""
 
 import mlflow
 
 from herd import plots
+from herd.data.io import read_jsonl
 from herd.data.long_tasks import TaskMaker, haystack
 from herd.data.tokens import load_streams, load_tokenizer
 from herd.evals.long_context import grid_metrics, loss_by_position, needle_grid
-from herd.evals.measures import EvaluateConfig, model_measures
+from herd.evals.measures import EvaluateConfig, answer_loss, file_stem, model_measures
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
 from herd.stage import Plot, StageRun, StageSpec, main
@@ -19,7 +21,7 @@ from herd.training.config import TrainConfig
 SPEC = StageSpec(__doc__, inputs=("model", "tokenizer", "corpus"),
                  params={"seed": int, "train": TrainConfig, "evaluate": EvaluateConfig},
                  headline=("val_loss_mean_len*", "val_loss_long_len*", "val_loss_math_len*", "answer_loss_len*",
-                           "retrieval_passkey_len*", "math_exact_match"),
+                           "retrieval_passkey_len*", "math_exact_match", "answer_loss_*"),
                  plots=(Plot("position", "position", "loss", "held-out loss by position on long documents"),))
 
 
@@ -32,7 +34,11 @@ def run(st: StageRun) -> None:
             st.manifest[link] = upstream[link]
     tok = load_tokenizer(st.input("tokenizer"))
     model = load_checkpoint(st.input("model") / "model")
-    st.metrics.update(model_measures(st, model, ChatFormat(tok), chat=False))
+    fmt = ChatFormat(tok)
+    st.metrics.update(model_measures(st, model, fmt, chat=False))
+    for path in cfg.answer_loss_files:
+        examples = read_jsonl(st.root / path)[: cfg.answer_loss_examples]
+        st.metrics[f"answer_loss_{file_stem(path)}"] = answer_loss(model, fmt, examples, precision)
     val = load_streams(st.input("tokenizer"), "validation")
     needles = needle_grid(model, TaskMaker(tok, haystack(val)), list(cfg.context_lengths), cfg.needle_depths,
                           cfg.needles_per_cell, st.seed, precision)

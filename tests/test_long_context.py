@@ -156,3 +156,48 @@ def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(project, 
         (project / "params.yaml").write_text(original)
     assert weights.keys() == uninterrupted.keys()
     assert all(torch.equal(weights[k], uninterrupted[k]) for k in weights)
+
+
+def test_gsm8k_answer_loss_is_measured_given_the_question(project):
+    """With real data: the loss of GSM8K test answers given their questions, for a base model."""
+    from herd.data.io import read_jsonl
+    from herd.data.tokens import load_tokenizer
+    from herd.evals.measures import answer_loss, file_stem
+    from herd.model.llama import load_checkpoint
+    from herd.post.chat import ChatFormat
+    from tests.conftest import SHARED_DATA
+
+    path = SHARED_DATA / "gsm8k" / "test.jsonl.gz"
+    if not path.is_file():
+        pytest.skip("../shared/data/gsm8k is not on this machine")
+    examples = read_jsonl(path)[:6]
+    fmt = ChatFormat(load_tokenizer(project / "artifacts" / "tokenizer"))
+    model = load_checkpoint(project / "artifacts" / "pretrain" / "model")
+    loss = answer_loss(model, fmt, examples, "fp32")
+    swapped = [{"question": a["question"], "answer": b["answer"]}
+               for a, b in zip(examples, examples[::-1], strict=True)]
+    assert 0 < loss < 20 and answer_loss(model, fmt, swapped, "fp32") != loss
+    assert file_stem(str(path)) == "test"
+
+
+def test_the_averaged_anneal_is_no_worse_than_its_last_checkpoint(project):
+    found = metrics(project, "anneal")
+    assert found["val_loss_hq_averaged"] <= found["val_loss_hq_last"]
+    assert 1 <= found["averaged_checkpoints"] <= 2 and "val_loss_hq_uniform_average" in found
+
+
+def test_a_step_that_fails_its_gate_is_repeated_up_to_the_budget(project):
+    """An unreachable retrieval threshold: each step runs 1 + max_repeats times, then the stage goes
+    on and records that the gate did not pass."""
+    original = (project / "params.yaml").read_text()
+    try:
+        set_param(project, "extend.gate", {"retrieval": 1.0, "short_loss_tolerance": 0.5, "max_repeats": 1})
+        repro(project, "extend")
+    finally:
+        (project / "params.yaml").write_text(original)
+    found = metrics(project, "extend")
+    assert [found[f"gate_{i}_repeats"] for i in (0, 1)] == [1, 1]
+    assert [found[f"gate_{i}_passed"] for i in (0, 1)] == [0, 0]
+    curve = (project / "artifacts" / "extend" / "curve.csv").read_text().splitlines()
+    steps = [int(line.split(",")[0]) for line in curve[1:]]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # four phases, one continuous curve

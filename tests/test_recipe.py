@@ -224,3 +224,12 @@ def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):
     exp = subprocess.run(["dvc", "exp", "run", "-S", "dpo.beta=0.3"], cwd=restore, env=env, capture_output=True,
                          text=True, check=True)
     assert herd == running.findall(repro.stdout) == running.findall(exp.stdout) == ["dpo", "eval_dpo", "report"]
+
+
+def test_a_held_out_answer_file_is_a_dependency_of_the_base_model_evaluations(restore):
+    (restore / "heldout.jsonl").write_text('{"question": "What is 2 + 3?", "answer": "2 + 3 = 5. #### 5"}\n')
+    set_param(restore, "evaluate.answer_loss_files", ["heldout.jsonl"])
+    write_stub_dvc_yaml(restore)
+    spec = yaml.safe_load((restore / "dvc.yaml").read_text())["stages"]
+    assert [name for name, entry in spec.items() if "heldout.jsonl" in entry["deps"]] == BASE_EVALS
+    assert set(dvc.would_run(restore)) == {*BASE_EVALS, "eval_reward", "eval_sft", "eval_dpo", "report"}

@@ -2,16 +2,21 @@
 lengths, math exact match (long-context measures: herd/evals/long_context.py; preference measures:
 herd/evals/preference.py)."""
 
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from herd.config import ParamError, positive
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_streams
+from herd.model.cross_entropy import IGNORE
 from herd.post.generate import sample
 from herd.post.preferences import final_answer
+from herd.training.distributed import device
 from herd.training.lm_stage import eval_losses
+from herd.training.precision import autocast
 
 
 @dataclass
@@ -26,10 +31,17 @@ class EvaluateConfig:
     needle_depths: int = 5  # from the start of the context to its end
     needles_per_cell: int = 2  # tasks of each kind per (length, depth)
     position_buckets: int = 16  # loss by position on long documents at long_seq_len
+    # Held-out {question, answer} jsonl(.gz) files (e.g. GSM8K test): each base model's loss on the
+    # answer given the question, `answer_loss_<file name>`, over at most answer_loss_examples of them.
+    answer_loss_files: list[str] = field(default_factory=list)
+    answer_loss_examples: int = 200
 
     def check(self, root) -> None:
         positive(self, "short_seq_len", "long_seq_len", "math_problems", "max_new_tokens", "win_rate_prompts",
-                 "needle_depths", "needles_per_cell", "position_buckets")
+                 "needle_depths", "needles_per_cell", "position_buckets", "answer_loss_examples")
+        for i, path in enumerate(self.answer_loss_files):
+            if not (root / path).is_file():
+                raise ParamError(f"answer_loss_files[{i}]", f"input file {root / path} does not exist")
         if not self.context_lengths or min(self.context_lengths) < 64:
             raise ParamError("context_lengths", f"needs lengths of at least 64 tokens (a task's question and "
                              f"needle take ~40), got {list(self.context_lengths)}")
@@ -47,6 +59,26 @@ def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: 
         text = fmt.decode(greedy(model, prompt, max_new, fmt.stops, precision))
         hits += final_answer(text) == p["answer"]
     return round(hits / len(problems), 4)
+
+
+def answer_loss(model, fmt, examples: list[dict], precision: str) -> float:
+    """Mean loss of the answer tokens given the question in the plain prompt format (how well a
+    base model knows worked solutions it never saw)."""
+    total, count = 0.0, 0
+    for ex in examples:
+        prompt, answer = fmt.base_prompt(ex["question"]), fmt.tok.encode(" " + ex["answer"]).ids
+        ids = torch.tensor([prompt + answer], device=device())
+        labels = torch.full_like(ids, IGNORE)
+        labels[0, len(prompt) - 1 : -1] = ids[0, len(prompt) :]
+        with autocast(precision):
+            loss = model(ids, labels=labels)
+        total, count = total + loss.item() * len(answer), count + len(answer)
+    return round(total / count, 4)
+
+
+def file_stem(path: str) -> str:
+    """`answer_loss_<stem>`: the file name without its extensions, as a metric name."""
+    return re.sub(r"\W", "_", Path(path).name.split(".")[0])
 
 
 def model_measures(st, model, fmt, chat: bool) -> dict[str, float]:
