@@ -3,7 +3,9 @@ temporary folder, so pipeline tests never touch the developer's artifacts."""
 
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -94,6 +96,19 @@ def run_flow(project: Path, offline: bool = False) -> subprocess.CompletedProces
     proc = subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc
+
+
+def kill_once_written(project: Path, stage: str, path: Path, timeout: float = 180) -> None:
+    """`dvc repro` the stage and SIGKILL its whole process group as soon as `path` (a checkpoint)
+    exists: a worker killed mid-stage, with no chance to clean up."""
+    proc = subprocess.Popen(["dvc", "repro", "--single-item", stage], cwd=project, env=project_env(project),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + timeout
+    while not path.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert path.exists(), f"{stage} wrote no checkpoint before it was killed"
 
 
 def stage_lines(proc: subprocess.CompletedProcess) -> dict[str, str]:

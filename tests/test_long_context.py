@@ -2,12 +2,9 @@
 decoding would, replay against forgetting, and exact resume of both stages after a kill."""
 
 import json
-import os
 import random
 import shutil
-import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -18,7 +15,7 @@ from herd.data.long_tasks import TASKS, TaskMaker, TaskRows
 from herd.evals.long_context import answer_scores, grid_metrics, needle_grid
 from herd.model.llama import Llama, LlamaConfig
 from herd.post.generate import sample
-from tests.conftest import project_env, set_param
+from tests.conftest import kill_once_written, project_env, set_param
 
 
 class Characters:
@@ -139,14 +136,7 @@ def test_a_killed_stage_resumes_to_the_weights_of_an_uninterrupted_run(project, 
     state = project / ".herd" / "checkpoints" / stage / phase / "state.json"
     shutil.rmtree(project / ".herd" / "checkpoints" / stage, ignore_errors=True)
     try:
-        proc = subprocess.Popen(["dvc", "repro", "--single-item", stage], cwd=project, env=project_env(project),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.time() + 180
-        while not state.exists() and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        assert state.exists(), "the stage wrote no checkpoint before it was killed"
+        kill_once_written(project, stage, state)
         resumed = repro(project, stage)
         assert "resuming from step" in resumed.stdout + resumed.stderr
         weights = load_file(str(project / "artifacts" / stage / "model" / "model.safetensors"))

@@ -2,7 +2,6 @@
 reruns only what changed, tracks every stage in MLflow and registers the two models."""
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -12,7 +11,7 @@ import time
 import pytest
 
 from herd.recipe import recipe
-from tests.conftest import project_env, run_flow, set_param, stage_lines
+from tests.conftest import kill_once_written, project_env, run_flow, set_param, stage_lines
 
 pytestmark = pytest.mark.slow
 
@@ -170,14 +169,7 @@ def test_killed_stage_leaves_output_and_lock_untouched_and_resumes_exactly(pipel
     set_param(project, "pretrain.steps", 40)
     ckpt = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
     shutil.rmtree(ckpt.parent.parent, ignore_errors=True)  # a failed earlier run's checkpoint would fool the wait
-    proc = subprocess.Popen(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "the stage wrote no checkpoint before it was killed"
+    kill_once_written(project, "pretrain", ckpt)
     assert (out / "model" / "model.safetensors").read_bytes() == before
     assert (project / "dvc.lock").read_text() == lock_before
     client = mlflow_client(project)
