@@ -8,7 +8,7 @@ from herd.training.config import TrainConfig
 
 SPEC = StageSpec(__doc__, inputs=("base", "tokenizer"),
                  params={"seed": int, "train": TrainConfig, "anneal": AnnealConfig},
-                 headline=("final_loss", "val_loss_hq_*"), plots=CURVE_PLOTS, model="base")
+                 headline=("val_loss_hq_averaged",), plots=CURVE_PLOTS, model="base")
 
 
 def run(st: StageRun) -> None:

@@ -13,7 +13,7 @@ PREFIX = "anneal_probe_"
 
 SPEC = StageSpec(__doc__, inputs=("base", "tokenizer"),
                  params={"seed": int, "train": TrainConfig, "anneal": AnnealConfig},
-                 headline=("final_loss", "val_loss_hq_*"), plots=CURVE_PLOTS, model="base")
+                 headline=("val_loss_hq_averaged",), plots=CURVE_PLOTS, model="base")
 
 
 def run(st: StageRun) -> None:

@@ -37,7 +37,7 @@ class DPOConfig:
 
 
 SPEC = StageSpec(__doc__, inputs=("policy", "samples"), params={"seed": int, "train": TrainConfig, "dpo": DPOConfig},
-                 headline=("final_loss",), plots=CURVE_PLOTS,
+                 plots=CURVE_PLOTS,
                  model="policy", registers="policy_model")
 
 

@@ -18,7 +18,7 @@ from herd.training.schedule import warmup_cosine
 
 SPEC = StageSpec(__doc__, inputs=("base", "tokenizer"),
                  params={"seed": int, "train": TrainConfig, "extend": ExtendConfig},
-                 headline=("final_loss", "gate_*_passed"), plots=CURVE_PLOTS, model="base")
+                 plots=CURVE_PLOTS, model="base")
 
 
 def run(st: StageRun) -> None:

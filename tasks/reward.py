@@ -68,7 +68,7 @@ class RewardConfig:
 
 SPEC = StageSpec(__doc__, inputs=("base", "filtered"),
                  params={"seed": int, "train": TrainConfig, "reward": RewardConfig},
-                 headline=("heldout_accuracy",), plots=CURVE_PLOTS,
+                 plots=CURVE_PLOTS,
                  model="reward", registers="reward_model")
 
 

@@ -34,7 +34,7 @@ class SFTConfig:
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "samples"), params={"seed": int, "train": TrainConfig, "sft": SFTConfig},
-                 headline=("final_loss",), plots=CURVE_PLOTS, model="policy")
+                 plots=CURVE_PLOTS, model="policy")
 
 
 def run(st: StageRun) -> None:

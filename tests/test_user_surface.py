@@ -57,15 +57,15 @@ def test_dvc_exp_show_compares_headline_metrics_of_main_and_the_experiment(exper
         return {k: v for f in row["data"]["metrics"].values() for k, v in f["data"].items()}
 
     base, variant = metrics(main), metrics(exp)
-    assert base.keys() == variant.keys() and "dpo" in base and "eval_dpo" in base  # main has them: committed
-    assert variant["dpo"]["final_loss"] != base["dpo"]["final_loss"]  # the experiment's own numbers
-    assert variant["pretrain"] == base["pretrain"]  # not rerun
+    assert base.keys() == variant.keys() and "eval_dpo" in base  # main has them: committed
+    assert variant["eval_dpo"] != base["eval_dpo"]  # the experiment's own numbers
+    assert variant["pretrain"] == base["pretrain"] and variant["eval_extend"] == base["eval_extend"]  # not rerun
     columns = sum(len(stage) for stage in base.values())
     assert columns + 2 < 30  # Experiment, Created and the headline metrics, before params and deps
 
     table = dvc(experiment, "exp", "show", "--no-pager", "--md")
     header = table.splitlines()[0]
-    assert header.split("|")[1].strip() == "Experiment" and "dpo.final_loss" in header
+    assert header.split("|")[1].strip() == "Experiment" and "eval_dpo.math_exact_match" in header
     assert "beta02" in table and "main" in table
 
 

@@ -22,7 +22,7 @@ from herd.training.precision import autocast
 @dataclass
 class EvaluateConfig:
     short_seq_len: int = 256  # losses of every base model at the pretraining context ...
-    long_seq_len: int = 1024  # ... and, on long documents, at the extended one
+    long_seq_len: int = 1024  # ... and, on long documents and generated tasks, at the extended one
     math_problems: int = 60
     max_new_tokens: int = 64
     win_rate_prompts: int = 40
@@ -45,6 +45,9 @@ class EvaluateConfig:
         if not self.context_lengths or min(self.context_lengths) < 64:
             raise ParamError("context_lengths", f"needs lengths of at least 64 tokens (a task's question and "
                              f"needle take ~40), got {list(self.context_lengths)}")
+        if self.long_seq_len not in self.context_lengths:
+            raise ParamError("context_lengths", f"must include long_seq_len ({self.long_seq_len}), the context the "
+                             f"headline long-context measures are taken at")
 
 
 def greedy(model, prompt_ids: list[int], max_new: int, stop_ids: tuple[int, ...], precision: str) -> list[int]:
