@@ -2,9 +2,10 @@
 checkpoint averaging as anneal, on the general mix (what pretraining drew) instead of the
 high-quality one: what anneal gains over it is the data's, not the decay's."""
 
+from herd.data.domains import general_mix
 from herd.data.tokens import load_streams
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
-from herd.training.anneal import AnnealConfig, anneal, general_mix
+from herd.training.anneal import AnnealConfig, anneal
 from herd.training.config import TrainConfig
 
 SPEC = StageSpec(__doc__, inputs=("base", "tokenizer"),

@@ -3,10 +3,11 @@
 named anneal_probe_<name>); the evaluation judges it against anneal_control, so the difference is
 the candidate data's value."""
 
+from herd.data.domains import blend, general_mix
 from herd.data.tokens import load_streams
 from herd.errors import HerdError
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
-from herd.training.anneal import AnnealConfig, anneal, general_mix
+from herd.training.anneal import AnnealConfig, anneal
 from herd.training.config import TrainConfig
 
 PREFIX = "anneal_probe_"
@@ -22,12 +23,9 @@ def run(st: StageRun) -> None:
     if name not in cfg.probes:
         raise HerdError(f"stage {st.name}: anneal.probes has no entry '{name}' "
                         f"(it has: {', '.join(cfg.probes) or 'none'})")
-    general, candidate = general_mix(load_streams(st.input("tokenizer"), "train")), dict(cfg.probes[name])
-    weights = {d: (1 - cfg.probe_frac) * w / sum(general.values()) for d, w in general.items()}
-    for d, w in candidate.items():
-        weights[d] = weights.get(d, 0.0) + cfg.probe_frac * w / sum(candidate.values())
+    general = general_mix(load_streams(st.input("tokenizer"), "train"))
     st.manifest["reference"] = "anneal_control"
-    anneal(st, weights)
+    anneal(st, blend(general, dict(cfg.probes[name]), cfg.probe_frac))
 
 
 if __name__ == "__main__":

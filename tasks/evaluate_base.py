@@ -11,8 +11,9 @@ from herd import plots
 from herd.data.io import read_jsonl
 from herd.data.long_tasks import TaskMaker, haystack
 from herd.data.tokens import load_streams, load_tokenizer
+from herd.evals.answers import answer_loss, file_stem
 from herd.evals.long_context import grid_metrics, loss_by_position, needle_grid
-from herd.evals.measures import EvaluateConfig, answer_loss, file_stem, model_measures
+from herd.evals.measures import EvaluateConfig, model_measures
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
 from herd.stage import Plot, StageRun, StageSpec, main

@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from herd.data.long_tasks import TASKS, TaskMaker, TaskRows
-from herd.evals.long_context import answer_scores, grid_metrics, needle_grid
+from herd.evals.answers import answer_scores
+from herd.evals.long_context import grid_metrics, needle_grid
 from herd.model.llama import Llama, LlamaConfig
 from herd.post.generate import sample
 from tests.conftest import kill_once_written, project_env, set_param
@@ -69,7 +70,7 @@ def test_retrieval_is_what_greedy_decoding_produces(maker):
     # Make some tasks right by construction: an answer equal to the model's own greedy continuation.
     for t in tasks[::2]:
         t.answer = sample(model, t.prompt, 1, len(t.answer), 0.0, 0, (), precision="fp32")[0]
-    hits, losses = answer_scores(model, tasks, "fp32")
+    hits, losses = answer_scores(model, [(t.prompt, t.answer) for t in tasks], "fp32")
     greedy = [sample(model, t.prompt, 1, len(t.answer), 0.0, 0, (), precision="fp32")[0] == t.answer for t in tasks]
     assert hits == greedy and any(hits) and not all(hits)
     assert all(np.isfinite(losses))
@@ -152,7 +153,7 @@ def test_gsm8k_answer_loss_is_measured_given_the_question(project):
     """With real data: the loss of GSM8K test answers given their questions, for a base model."""
     from herd.data.io import read_jsonl
     from herd.data.tokens import load_tokenizer
-    from herd.evals.measures import answer_loss, file_stem
+    from herd.evals.answers import answer_loss, file_stem
     from herd.model.llama import load_checkpoint
     from herd.post.chat import ChatFormat
     from tests.conftest import SHARED_DATA

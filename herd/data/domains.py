@@ -1,4 +1,4 @@
-"""The corpus' domains, and the check every domain-weight mix in params shares."""
+"""The corpus' domains, the check every domain-weight mix in params shares, and mixes built from them."""
 
 from herd.config import ParamError
 
@@ -18,3 +18,16 @@ def check_weights(weights: dict[str, float], key: str) -> None:
             raise ParamError(f"{key}.{domain}", "weights must be non-negative")
     if sum(weights.values()) <= 0:
         raise ParamError(key, "weights must not all be zero")
+
+
+def general_mix(streams: dict) -> dict[str, float]:
+    """The mix the filtered corpus holds (each domain by its size in tokens): what pretraining drew."""
+    return {d: float(len(s)) for d, s in streams.items()}
+
+
+def blend(base: dict[str, float], extra: dict[str, float], frac: float) -> dict[str, float]:
+    """`extra` for `frac` of the draws, `base` for the rest, each normalised first."""
+    weights = {d: (1 - frac) * w / sum(base.values()) for d, w in base.items()}
+    for d, w in extra.items():
+        weights[d] = weights.get(d, 0.0) + frac * w / sum(extra.values())
+    return weights

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from herd.data.long_tasks import TASKS, DoesNotFit, TaskMaker
-from herd.model.cross_entropy import IGNORE
+from herd.evals.answers import answer_scores
 from herd.training.distributed import device
 from herd.training.precision import autocast
 
@@ -21,28 +21,6 @@ from herd.training.precision import autocast
 def depths(n: int) -> list[float]:
     """`n` needle depths from the start of the context to its end."""
     return [round(i / (n - 1), 3) for i in range(n)] if n > 1 else [0.5]
-
-
-@torch.no_grad()
-def answer_scores(model, tasks, precision: str) -> tuple[list[bool], list[float]]:
-    """For tasks of one length: whether each answer is the greedy continuation, and its mean loss."""
-    ids = torch.tensor([t.ids for t in tasks], device=device())
-    labels = torch.full_like(ids, IGNORE)
-    for i, t in enumerate(tasks):
-        labels[i, len(t.prompt) - 1 : len(t.ids) - 1] = ids[i, len(t.prompt) :]
-    with autocast(precision):
-        hidden = model.hidden(ids)
-    mask = labels != IGNORE
-    logits = model.lm_head(hidden[mask].float())  # only at answer positions: a long context's logits are large
-    losses = F.cross_entropy(logits, labels[mask], reduction="none")
-    right = logits.argmax(-1) == labels[mask]
-    hits, loss, at = [], [], 0
-    for t in tasks:
-        n = len(t.answer)
-        hits.append(bool(right[at : at + n].all()))
-        loss.append(losses[at : at + n].mean().item())
-        at += n
-    return hits, loss
 
 
 def needle_grid(model, maker: TaskMaker, lengths: list[int], n_depths: int, per_cell: int, seed: int,
@@ -59,7 +37,7 @@ def needle_grid(model, maker: TaskMaker, lengths: list[int], n_depths: int, per_
                     tasks = [maker.make(kind, length, depth, rng) for _ in range(per_cell)]
                 except DoesNotFit:
                     continue
-                hits, loss = answer_scores(model, tasks, precision)
+                hits, loss = answer_scores(model, [(t.prompt, t.answer) for t in tasks], precision)
                 accuracy, answer_loss = round(sum(hits) / len(hits), 4), round(float(np.mean(loss)), 4)
                 rows.append({"kind": kind, "length": length, "depth": depth, "accuracy": accuracy,
                              "answer_loss": answer_loss})

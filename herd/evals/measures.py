@@ -2,21 +2,16 @@
 lengths, math exact match (long-context measures: herd/evals/long_context.py; preference measures:
 herd/evals/preference.py)."""
 
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from herd.config import ParamError, positive
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_streams
-from herd.model.cross_entropy import IGNORE
 from herd.post.generate import sample
 from herd.post.preferences import final_answer
-from herd.training.distributed import device
 from herd.training.lm_stage import eval_losses
-from herd.training.precision import autocast
 
 
 @dataclass
@@ -62,26 +57,6 @@ def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: 
         text = fmt.decode(greedy(model, prompt, max_new, fmt.stops, precision))
         hits += final_answer(text) == p["answer"]
     return round(hits / len(problems), 4)
-
-
-def answer_loss(model, fmt, examples: list[dict], precision: str) -> float:
-    """Mean loss of the answer tokens given the question in the plain prompt format (how well a
-    base model knows worked solutions it never saw)."""
-    total, count = 0.0, 0
-    for ex in examples:
-        prompt, answer = fmt.base_prompt(ex["question"]), fmt.tok.encode(" " + ex["answer"]).ids
-        ids = torch.tensor([prompt + answer], device=device())
-        labels = torch.full_like(ids, IGNORE)
-        labels[0, len(prompt) - 1 : -1] = ids[0, len(prompt) :]
-        with autocast(precision):
-            loss = model(ids, labels=labels)
-        total, count = total + loss.item() * len(answer), count + len(answer)
-    return round(total / count, 4)
-
-
-def file_stem(path: str) -> str:
-    """`answer_loss_<stem>`: the file name without its extensions, as a metric name."""
-    return re.sub(r"\W", "_", Path(path).name.split(".")[0])
 
 
 def model_measures(st, model, fmt, chat: bool) -> dict[str, float]:

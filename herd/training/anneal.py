@@ -48,11 +48,6 @@ class AnnealConfig:
                              f"{self.average_every} steps apart into {self.steps} steps")
 
 
-def general_mix(streams: dict) -> dict[str, float]:
-    """The mix the filtered corpus holds (each domain by its size): what pretraining drew."""
-    return {d: float(len(s)) for d, s in streams.items()}
-
-
 def anneal(st, weights: dict[str, float]) -> None:
     """Anneal on `weights` and save the average of the last checkpoints. Held-out loss on the
     high-quality mix (`val_loss_hq_*`) is measured for the last checkpoint, for each candidate
@@ -89,7 +84,7 @@ def anneal(st, weights: dict[str, float]) -> None:
     newest_first = sorted(snapshots.glob("step_*.safetensors"), key=lambda f: -int(f.stem.split("_")[1]))
     states = [load_file(str(f)) for f in newest_first]
     st.metrics["val_loss_hq_uniform_average"] = hq_loss(averaged(model, states))
-    kept, best = [states[0]], hq_loss(averaged(model, states[:1]))
+    kept, best = [states[0]], st.metrics["val_loss_hq_last"]  # the newest snapshot is the last step
     # Greedy (Wortsman et al.'s greedy soup): an older checkpoint joins the average only if the
     # held-out loss does not rise, so the average is never worse than the last checkpoint; while the
     # loss still falls fast, the older ones only drag it back.

@@ -6,7 +6,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from herd.config import ParamError, fraction, non_negative, positive
-from herd.data.domains import check_weights
+from herd.data.domains import blend, check_weights, general_mix
 from herd.data.long_tasks import TaskMaker, TaskRows, check_tasks
 from herd.evals.long_context import grid_metrics, needle_grid
 from herd.model.llama import ROPE_SCALINGS
@@ -108,12 +108,7 @@ def sampler(cfg: ExtendConfig, step: ExtendStep, phase: str, streams: dict, make
 def mix(cfg: ExtendConfig, streams: dict) -> dict[str, float]:
     """Long documents to `long_mix`, plus `replay_frac` of the original mix (by size) so that
     short-context skill is kept."""
-    sizes = {d: float(len(s)) for d, s in streams.items()}
-    weights = {d: cfg.replay_frac * v / sum(sizes.values()) for d, v in sizes.items()}
-    long_total = sum(cfg.long_mix.values())
-    for domain, w in cfg.long_mix.items():
-        weights[domain] = weights.get(domain, 0.0) + (1 - cfg.replay_frac) * w / long_total
-    return weights
+    return blend(dict(cfg.long_mix), general_mix(streams), cfg.replay_frac)
 
 
 def gate(st, model, maker, step: ExtendStep, i: int, short_before: float, val, pretrained: int) -> bool:
