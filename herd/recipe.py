@@ -88,24 +88,32 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ..
     inputs = (("tokenizer", "tokenizer"), ("corpus", "corpus"))
     evals = [Stage(f"eval_{model}", "evaluate_base", (("model", model), *inputs), tuple(eval_files)) for model in bases]
     evals.append(stage("eval_reward", "evaluate_reward", reward="reward", corpus="corpus"))
-    policy = "anneal"
+    # Post-training rounds (Llama 3): each samples from the last round's policy (the annealed base
+    # first), fine-tunes it on the best samples, then runs DPO on best vs worst; a committee may also
+    # sample from the policies before it (AFM), and DPO may average with the previous round's policy.
+    chain = ["anneal"]
     for r in range(1, rounds + 1):
         suffix = "" if r == 1 else f"_r{r}"
         samples, sft, dpo = f"rejection_sample{suffix}", f"sft{suffix}", f"dpo{suffix}"
+        earlier = {f"earlier_{i}": model for i, model in enumerate(reversed(chain[:-1][-3:]), 1)}
+        previous = {"previous": chain[-1]} if r > 1 else {}
         stages += [
-            stage(samples, "rejection_sample", policy=policy, reward="reward", filtered="filter"),
-            stage(sft, "sft", base="anneal", samples=samples),
-            stage(dpo, "dpo", policy=sft, samples=samples),
+            stage(samples, "rejection_sample", policy=chain[-1], reward="reward", corpus="corpus", filtered="filter",
+                  **earlier),
+            stage(sft, "sft", base=chain[-1], samples=samples),
+            stage(dpo, "dpo", policy=sft, samples=samples, **previous),
         ]
         evals += [
-            stage(f"eval_{sft}", "evaluate_policy", policy=sft, judge="reward", tokenizer="tokenizer", corpus="corpus"),
+            stage(f"eval_{sft}", "evaluate_policy", policy=sft, judge="reward", tokenizer="tokenizer", corpus="corpus",
+                  baseline=chain[-1]),
+            # A round's champion decision waits for the last round's, so rounds are judged in order.
             stage(f"eval_{dpo}", "evaluate_policy", policy=dpo, judge="reward", tokenizer="tokenizer", corpus="corpus",
-                  baseline=sft),
+                  baseline=sft, **({"judged_after": f"eval_{chain[-1]}"} if r > 1 else {})),
         ]
-        policy = dpo
+        chain.append(dpo)
     # The report reads the filter and every training stage (curves, settings) besides the evaluations.
     trained = [s for s in stages if s.task in ("filter", "pretrain", "extend", "anneal", "anneal_control",
-                                               "anneal_probe", "reward", "sft", "dpo")]
+                                               "anneal_probe", "reward", "rejection_sample", "sft", "dpo")]
     report = stage("report", **{s.name: s.name for s in trained + evals})
     return stages + evals + [report]
 

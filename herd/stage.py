@@ -83,6 +83,7 @@ class StageSpec:
     plots: tuple[Plot, ...] = ()
     model: str | None = None  # the kind of model it saves in model/ (base, policy, reward), logged to MLflow
     registers: str | None = None  # the runtime.tracking key naming the registered model it becomes
+    gated: bool = False  # its version takes the alias only when its evaluation beats the alias' holder
 
     @property
     def tables(self) -> list[str]:
@@ -278,7 +279,7 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
 
             info = registry.log_model(st, final / "model", spec.model)
             if spec.registers:
-                registry.register(st, info, getattr(cfg.runtime.tracking, spec.registers))
+                registry.register(st, info, getattr(cfg.runtime.tracking, spec.registers), alias=not spec.gated)
 
 
 def write_csv(rows: list[dict], path: Path) -> None:

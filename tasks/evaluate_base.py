@@ -1,9 +1,10 @@
 """evaluate_base: one base model (pretrain, extend, anneal, their controls and probes) on held-out
 checks: loss by domain at the short context, loss on long documents at the long context and by
 position, retrieval of generated needles by context length and depth (passkey, key-value,
-multi-needle, quoted-passage QA) with the loss of their answers, math exact match from a plain
-prompt, and the answer loss on held-out question/answer files (GSM8K test with real data).
-needles.png (the needle-in-a-haystack heatmaps) and the loss by position go to MLflow."""
+multi-needle, quoted-passage QA) with the loss of their answers, exact match on the word problems
+and on the post-training task from a plain prompt, and the answer loss on held-out question/answer
+files (GSM8K test with real data). needles.png (the needle-in-a-haystack heatmaps) and the loss by
+position go to MLflow."""
 
 import mlflow
 
@@ -16,12 +17,13 @@ from herd.evals.long_context import grid_metrics, loss_by_position, needle_grid
 from herd.evals.measures import EvaluateConfig, model_measures
 from herd.model.llama import load_checkpoint
 from herd.post.chat import ChatFormat
+from herd.post.task import TaskConfig
 from herd.stage import Plot, StageRun, StageSpec, main
 from herd.training.config import TrainConfig
 
 SPEC = StageSpec(__doc__, inputs=("model", "tokenizer", "corpus"),
-                 params={"seed": int, "train": TrainConfig, "evaluate": EvaluateConfig},
-                 headline=("val_loss_mean_len*", "long_context_answer_loss", "math_exact_match"),
+                 params={"seed": int, "train": TrainConfig, "task": TaskConfig, "evaluate": EvaluateConfig},
+                 headline=("val_loss_mean_len*", "long_context_answer_loss", "task_exact_match"),
                  plots=(Plot("position", "position", "loss", "held-out loss by position on long documents"),))
 
 

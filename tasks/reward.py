@@ -1,37 +1,83 @@
-"""reward: a Bradley-Terry reward model started from the annealed base (scalar head), trained on
-verifiable preference pairs; one model for every criterion, as Llama 3."""
+"""reward: a Bradley-Terry reward model (scalar head) on preference pairs: pairs constructed from the
+task's worked solutions (a right solution over a wrong, truncated or off-topic one) plus any
+preference data set (HH-RLHF, prompt/chosen/rejected files); one model for every criterion, as
+Llama 3. It starts from the annealed base, or, given its own size (`reward.model`), from scratch."""
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
 import torch
 
-from herd.config import ParamError, positive
+from herd.config import ParamError, non_negative, positive
 from herd.data.io import in_holdout, read_table, write_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
 from herd.model.export import export_model
-from herd.model.llama import load_checkpoint
+from herd.model.llama import Llama, LlamaConfig, load_checkpoint
 from herd.post.chat import ChatFormat
 from herd.post.losses import bradley_terry_loss, rewards
-from herd.post.preferences import math_problems, preference_pairs
+from herd.post.preference_data import PreferenceSource, check_sources, load_preferences
+from herd.post.task import TaskConfig, constructed_pairs, training_problems
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.loop import finish, train
 from herd.training.precision import autocast
 from herd.training.schedule import warmup_cosine
 
+SIZE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")
+
+
+@dataclass
+class RewardConfig:
+    pairs: int = 1500  # constructed from the task's training problems
+    datasets: list[PreferenceSource] = field(default_factory=list)  # preference data sets, mixed in
+    heldout_frac: float = 0.1  # pairs kept aside to measure reward accuracy
+    margin: float = 0.0  # Bradley-Terry with a margin: the chosen reward should lead by this much
+    # A reward model of its own size (e.g. larger than the policy, as Gemma 2): architecture fields
+    # (dim, n_layers, n_heads, n_kv_heads, ffn_dim) that differ from the base; it then trains from scratch.
+    model: dict[str, int] = field(default_factory=dict)
+    init_std: float = 0.02  # of a reward model trained from scratch
+    seq_len: int = 256
+    batch_size: int = 16
+    steps: int = 100
+    lr: float = 5e-4
+    warmup_steps: int = 10
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+
+    def check(self, root) -> None:
+        check_optimization(self)
+        positive(self, "init_std")
+        non_negative(self, "pairs", "margin")
+        if not 0 < self.heldout_frac < 1:
+            raise ParamError("heldout_frac", f"must leave pairs to train on and to hold out (0 < frac < 1), got "
+                             f"{self.heldout_frac}")
+        for key, value in self.model.items():
+            if key not in SIZE_FIELDS:
+                raise ParamError(f"model.{key}", f"is not a size of the model; sizes are {', '.join(SIZE_FIELDS)}")
+            if value < 1:
+                raise ParamError(f"model.{key}", f"must be at least 1, got {value}")
+        check_sources(self.datasets, root, "datasets")
+        if not self.pairs and not self.datasets:
+            raise ParamError("pairs", "the reward model needs constructed pairs or preference datasets to train on")
+
+
+SPEC = StageSpec(__doc__, inputs=("base", "filtered"),
+                 params={"seed": int, "train": TrainConfig, "task": TaskConfig, "reward": RewardConfig},
+                 plots=CURVE_PLOTS, model="reward", registers="reward_model")
+
 
 def pair_batch(fmt: ChatFormat, pairs: list[dict], seq_len: int) -> dict:
     """Chosen rows first, then rejected rows, in one padded batch."""
-    rows = [(fmt.prompt(p["prompt"]), fmt.response(p[side])) for side in ("chosen", "rejected") for p in pairs]
+    rows = [(fmt.render(p["messages"]), fmt.response(p[side])) for side in ("chosen", "rejected") for p in pairs]
     return fmt.conversations(rows, seq_len)
 
 
-def bt_step(model, batch) -> tuple[torch.Tensor, dict]:
+def bt_step(model, batch, margin: float = 0.0) -> tuple[torch.Tensor, dict]:
     r = rewards(model, batch)
     chosen, rejected = r.chunk(2)
     metrics = {"accuracy": (chosen > rejected).float().mean().item(), "tokens": int(batch["last"].sum()) + len(r)}
-    return bradley_terry_loss(chosen, rejected), metrics
+    return bradley_terry_loss(chosen, rejected, margin), metrics
 
 
 @torch.no_grad()
@@ -44,45 +90,34 @@ def pair_accuracy(model, fmt, pairs, seq_len, precision) -> float:
     return round(correct / len(pairs), 4)
 
 
-@dataclass
-class RewardConfig:
-    """Bradley-Terry reward model on verifiable preference pairs, started from the base."""
-
-    pairs: int = 1500
-    heldout_frac: float = 0.1  # pairs kept aside to measure reward accuracy
-    seq_len: int = 256
-    batch_size: int = 16
-    steps: int = 100
-    lr: float = 5e-4
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-
-    def check(self, root) -> None:
-        check_optimization(self)
-        positive(self, "pairs")
-        if not 0 < self.heldout_frac < 1:
-            raise ParamError("heldout_frac", f"must leave pairs to train on and to hold out (0 < frac < 1), got "
-                             f"{self.heldout_frac}")
-
-
-SPEC = StageSpec(__doc__, inputs=("base", "filtered"),
-                 params={"seed": int, "train": TrainConfig, "reward": RewardConfig},
-                 plots=CURVE_PLOTS,
-                 model="reward", registers="reward_model")
+def reward_model(cfg: RewardConfig, base, seed: int) -> Llama:
+    """The base with a score head, or a fresh model of the configured size."""
+    if not cfg.model:
+        return load_checkpoint(base, head="score")
+    arch = json.loads((base / "config.json").read_text())["herd"]
+    model = Llama(LlamaConfig(**{**arch, **cfg.model}), head="score")
+    model.init_weights(cfg.init_std, torch.Generator().manual_seed(seed))
+    return model
 
 
 def run(st: StageRun) -> None:
     cfg = st.cfg.reward
     base = st.input("base") / "model"
     fmt = ChatFormat(load_tokenizer(base))
-    problems = math_problems(read_table(st.input("filtered") / "train"))
-    if len(problems) < 10:
-        raise HerdError(f"reward needs math problems with questions in the filtered corpus; found {len(problems)}")
-    pairs = preference_pairs(problems, cfg.pairs, st.seed)
-    held_out = [p for p in pairs if in_holdout(p["id"], cfg.heldout_frac)]
-    train_pairs = [p for p in pairs if not in_holdout(p["id"], cfg.heldout_frac)]
-    model = load_checkpoint(base, head="score")
+    problems = training_problems(st.cfg.task.kind, read_table(st.input("filtered") / "train"))
+    if cfg.pairs and len(problems) < 10:
+        raise HerdError(f"reward needs {st.cfg.task.kind} problems with worked solutions in the filtered corpus; "
+                        f"found {len(problems)}")
+    constructed = constructed_pairs(problems, cfg.pairs, st.seed) if cfg.pairs else []
+    datasets, dropped = [], {}
+    for source in cfg.datasets:
+        rows, why = load_preferences(source, st.root)
+        datasets += [{**row, "id": f"{source.path}/{i}"} for i, row in enumerate(rows)]
+        dropped.update({f"dropped_{source.path}_{k}": v for k, v in why.items()})
+    held_out = {name: [p for p in pairs if in_holdout(p["id"], cfg.heldout_frac)]
+                for name, pairs in (("constructed", constructed), ("datasets", datasets)) if pairs}
+    train_pairs = [p for p in constructed + datasets if not in_holdout(p["id"], cfg.heldout_frac)]
+    model = reward_model(cfg, base, st.seed)
 
     def batch_at(step: int) -> dict:
         g = torch.Generator().manual_seed(st.seed * 7919 + step)
@@ -90,15 +125,18 @@ def run(st: StageRun) -> None:
         return [pair_batch(fmt, [train_pairs[i] for i in idx], cfg.seq_len)]
 
     st.metrics.update(train(
-        st, model, steps=cfg.steps, batch_at=batch_at, loss_fn=bt_step,
+        st, model, steps=cfg.steps, batch_at=batch_at, loss_fn=lambda m, b: bt_step(m, b, cfg.margin),
         lr_at=lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.lr, 0.1),
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
         key=st.run_key(),
     ))
-    st.metrics["heldout_accuracy"] = pair_accuracy(model, fmt, held_out, cfg.seq_len, st.cfg.train.precision)
-    st.metrics["heldout_pairs"] = len(held_out)
+    for name, pairs in held_out.items():
+        suffix = "" if name == "constructed" else f"_{name}"
+        st.metrics[f"heldout_accuracy{suffix}"] = pair_accuracy(model, fmt, pairs, cfg.seq_len, st.cfg.train.precision)
+        st.metrics[f"heldout_pairs{suffix}"] = len(pairs)
+    st.metrics.update({"train_pairs": len(train_pairs), "params": model.num_params(), **dropped})
     export_model(st, model, base, "reward")
-    write_jsonl(held_out, st.out / "heldout_pairs.jsonl")
+    write_jsonl([p for pairs in held_out.values() for p in pairs], st.out / "heldout_pairs.jsonl")
     finish(st)
 
 

@@ -1,7 +1,8 @@
-"""sft: supervised fine-tuning of the annealed base on the best rejection samples, with the loss
-on response tokens only."""
+"""sft: supervised fine-tuning of the current policy (the annealed base in round 1) on the best
+rejection samples, in the chat format: loss on response tokens only, conversations packed into
+rows; optionally LoRA or DoRA adapters, merged into the weights on save."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -9,6 +10,7 @@ from herd.data.io import read_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
 from herd.model.llama import load_checkpoint
+from herd.model.lora import LoraConfig, apply_lora, count_params, merge_lora
 from herd.post.chat import ChatFormat
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
@@ -21,16 +23,18 @@ from herd.training.schedule import warmup_cosine
 
 @dataclass
 class SFTConfig:
-    seq_len: int = 256
-    batch_size: int = 16
+    seq_len: int = 256  # packed rows
+    batch_size: int = 16  # conversations per step
     steps: int = 60
     lr: float = 3e-4
     warmup_steps: int = 5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
     def check(self, root) -> None:
         check_optimization(self)
+        self.lora.check(root)
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "samples"), params={"seed": int, "train": TrainConfig, "sft": SFTConfig},
@@ -42,29 +46,31 @@ def run(st: StageRun) -> None:
     base = st.input("base") / "model"
     fmt = ChatFormat(load_tokenizer(base))
     examples = [(fmt.prompt(r["prompt"]), fmt.response(r["best"]))
-                for r in read_jsonl(st.input("samples") / "samples.jsonl")]
+                for r in read_jsonl(st.input("samples") / "samples.jsonl") if r["accepted"]]
     if not examples:
-        raise HerdError("sft has no examples: rejection_sample produced no samples")
-    model = load_checkpoint(base)
+        raise HerdError("sft has no examples: no rejection sample was accepted (none verified right)")
+    model = apply_lora(load_checkpoint(base), cfg.lora)
 
     def batch_at(step: int) -> dict:
         g = torch.Generator().manual_seed(st.seed * 104729 + step)
         idx = torch.randint(0, len(examples), (cfg.batch_size,), generator=g).tolist()
-        return [fmt.batch([examples[i] for i in idx], cfg.seq_len)]
+        return [fmt.packed([examples[i] for i in idx], cfg.seq_len)]
 
-    with torch.no_grad(), autocast(st.cfg.train.precision):
-        before = lm_loss(model, fmt.batch(examples[:64], cfg.seq_len))[0].item()
+    def response_loss() -> float:
+        with torch.no_grad(), autocast(st.cfg.train.precision):
+            return round(lm_loss(model, fmt.packed(examples[:64], cfg.seq_len))[0].item(), 4)
+
+    before = response_loss()
     st.metrics.update(train(
         st, model, steps=cfg.steps, batch_at=batch_at, loss_fn=lm_loss,
         lr_at=lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.lr, 0.1),
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
         key=st.run_key(),
     ))
-    with torch.no_grad(), autocast(st.cfg.train.precision):
-        after = lm_loss(model, fmt.batch(examples[:64], cfg.seq_len))[0].item()
-    st.metrics.update({"examples": len(examples), "response_loss_before": round(before, 4),
-                       "response_loss_after": round(after, 4)})
-    save_model(st, model, base)
+    trainable, total = count_params(model)
+    st.metrics.update({"examples": len(examples), "response_loss_before": before,
+                       "response_loss_after": response_loss(), "trainable_params": trainable, "params": total})
+    save_model(st, merge_lora(model), base)
 
 
 if __name__ == "__main__":

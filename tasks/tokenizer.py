@@ -15,7 +15,7 @@ class TokenizerConfig:
     vocab_size: int = 4096
     min_frequency: int = 2
     special_tokens: list[str] = field(
-        default_factory=lambda: ["<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"]
+        default_factory=lambda: ["<|endoftext|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
     )
 
     def check(self, root) -> None:

@@ -9,12 +9,12 @@ import torch
 from omegaconf import OmegaConf
 
 from herd.data import corpus
-from herd.data.tokens import ASSISTANT, END, EOT, PAD, USER, save_tokenizer, train_tokenizer
+from herd.data.tokens import ASSISTANT, END, EOT, PAD, SYSTEM, USER, save_tokenizer, train_tokenizer
 from herd.errors import HerdError
 from herd.model.export import EXAMPLE_ANSWER, EXAMPLE_QUESTION, MAX_NEW_TOKENS, export_model
 from herd.model.llama import Llama, LlamaConfig, load_checkpoint
 from herd.post.chat import ChatFormat
-from herd.post.generate import sample
+from herd.post.generate import greedy
 from herd.post.scoring import score_responses
 from herd.stage import StageRun
 from herd.training.lm_stage import save_model
@@ -30,7 +30,7 @@ LINEAGE = {"corpus": {"run_id": "run-corpus", "output_sha256": "c0" * 32, "sourc
 @pytest.fixture(scope="module")
 def tok():
     texts = [d["text"] for d in [*corpus.python_docs_prose(50), *corpus.math_problems(50, 0, "train")]]
-    return train_tokenizer(texts, 400, 2, [EOT, PAD, USER, ASSISTANT, END])
+    return train_tokenizer(texts, 400, 2, [EOT, PAD, SYSTEM, USER, ASSISTANT, END])
 
 
 @pytest.fixture
@@ -78,8 +78,9 @@ def card_snippet(folder, stage_name: str) -> str:
 def with_stop(model, fmt, question: str, stop: int) -> Llama:
     """Make `stop` the greedy answer's fourth token: its output row becomes 1.1 times the row of the
     token the model would answer there (the largest logit, positive), so the stop wins there."""
-    free = sample(model, fmt.prompt(question), 1, 4, 0.0, 0, (), precision="fp32")[0]
     with torch.no_grad():
+        model.lm_head.weight[list(fmt.stops)] = 0.0  # no stop before the fourth token
+        free = greedy(model, [fmt.prompt(question)], 4, (), precision="fp32")[0]
         model.lm_head.weight[stop] = 1.1 * model.lm_head.weight[free[3]]
     return model
 
@@ -104,8 +105,7 @@ def test_generate_with_saved_config_matches_herd_greedy_sampling(tmp_path, tok, 
     # Untied: a tiny random model with tied embeddings echoes its last input token forever.
     model = with_stop(tiny(tok, tie=False), fmt, question, tok.token_to_id(stop_token))
     folder = policy_folder(tmp_path, model, tokens_dir)
-    herd = sample(load_checkpoint(folder), fmt.prompt(question), 1, MAX_NEW_TOKENS, 0.0, 0, fmt.stops,
-                  precision="fp32")[0]
+    herd = greedy(load_checkpoint(folder), [fmt.prompt(question)], MAX_NEW_TOKENS, fmt.stops, precision="fp32")[0]
     assert len(herd) == 4 and herd[-1] == tok.token_to_id(stop_token)  # the stop was reached, not the length
 
     hf_tok = transformers.AutoTokenizer.from_pretrained(folder)
@@ -142,11 +142,18 @@ def test_reward_model_scores_as_herd(tmp_path, tok, tokens_dir):
     assert snippet["reward"] == pytest.approx(herd[-1].item(), abs=1e-5)
 
 
-def test_system_message_is_refused(tmp_path, tok, tokens_dir):
+def test_system_message_renders_as_herd_and_a_tokenizer_without_one_refuses_it(tmp_path, tok, tokens_dir):
     jinja2 = pytest.importorskip("jinja2")
     hf_tok = transformers.AutoTokenizer.from_pretrained(policy_folder(tmp_path, tiny(tok), tokens_dir))
-    with pytest.raises(jinja2.TemplateError, match="user and assistant messages only, not system"):
-        hf_tok.apply_chat_template([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert ids == ChatFormat(tok).prompt(messages) and ids[0] == tok.token_to_id(SYSTEM)
+    no_system = train_tokenizer(QUESTIONS * 5, 300, 1, [EOT, PAD, USER, ASSISTANT, END])
+    save_tokenizer(no_system, tmp_path / "plain")
+    with pytest.raises(jinja2.TemplateError, match="no <\\|system\\|> token"):
+        transformers.AutoTokenizer.from_pretrained(tmp_path / "plain").apply_chat_template(messages)
+    with pytest.raises(HerdError, match="no special token <\\|system\\|>"):
+        ChatFormat(no_system).prompt(messages)
 
 
 def test_generation_config_and_model_card(tmp_path, tok, tokens_dir):

@@ -92,6 +92,38 @@ def test_kv_cache_matches_full_forward():
     assert torch.allclose(torch.cat(steps, 1), full, atol=1e-5)
 
 
+def test_left_padded_prompts_give_the_logits_of_each_prompt_alone():
+    """Batched generation left-pads prompts of different lengths: padding is never attended to
+    and positions start after it, through the prompt pass and the cached steps."""
+    m = model()
+    prompts = [torch.randint(0, 97, (n,)) for n in (5, 9, 12)]
+    nxt = torch.randint(0, 97, (3, 1))
+    batch = torch.zeros(3, 12, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        batch[i, 12 - len(p):] = p
+    pad = torch.tensor([7, 3, 0])
+    with torch.no_grad():
+        cache = m.new_cache(3, 13)
+        last = m(batch, cache=cache, start=0, pad=pad)[:, -1]
+        step = m(nxt, cache=cache, start=12, pad=pad)[:, -1]
+        for i, p in enumerate(prompts):
+            alone = m(torch.cat([p, nxt[i]])[None])[0]
+            assert torch.allclose(last[i], alone[-2], atol=1e-5)
+            assert torch.allclose(step[i], alone[-1], atol=1e-5)
+
+
+def test_batched_generation_equals_one_prompt_at_a_time():
+    from herd.post.generate import generate, greedy
+
+    m = model()
+    prompts = [torch.randint(0, 97, (n,)).tolist() for n in (3, 7, 4, 10, 7)]
+    batched = greedy(m, prompts, 8, stop_ids=(0,), precision="fp32", batch_size=4)
+    assert batched == [greedy(m, [p], 8, stop_ids=(0,), precision="fp32")[0] for p in prompts]
+    g = torch.Generator().manual_seed(0)
+    samples = generate(m, prompts, 8, (0,), n=3, temperature=1.0, top_p=0.9, generator=g, precision="fp32")
+    assert [len(s) for s in samples] == [3] * 5 and len({tuple(s) for s in samples[3]}) > 1
+
+
 def test_mixture_of_experts_loads_as_mixtral_with_same_logits(tmp_path):
     transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)

@@ -10,17 +10,22 @@ import pytest
 import yaml
 
 from herd.orchestration import dvc
-from herd.recipe import recipe, schemas, stages
+from herd.recipe import schemas, stages
 from tests.conftest import REPO, make_project, project_env, set_param
 
 
 def descendants(names: list[str]) -> list[str]:
     """`names` and every stage downstream of them, in recipe order."""
     out: list[str] = []
-    for s in recipe():
+    for s in stages(REPO):
         if s.name in names or any(up in out for up in s.upstream):
             out.append(s.name)
     return out
+
+
+def of_tasks(*tasks: str) -> list[str]:
+    """The stages that run these tasks (every round's), in recipe order."""
+    return [s.name for s in stages(REPO) if s.task in tasks]
 
 
 def write_stub_dvc_yaml(folder):
@@ -109,16 +114,17 @@ def test_a_clone_without_the_outputs_says_so(restore):
 BASE_EVALS = ["eval_pretrain", "eval_extend", "eval_extend_control", "eval_anneal", "eval_anneal_control"]
 
 
+EVALS = ("evaluate_base", "evaluate_reward", "evaluate_policy")
+
+
 @pytest.mark.parametrize("file, first", [
-    ("tasks/dpo.py", ["dpo"]),
+    ("tasks/dpo.py", of_tasks("dpo")),
     ("herd/data/minhash.py", ["filter"]),
-    ("herd/evals/measures.py", [*BASE_EVALS, "eval_reward",
-                                "eval_sft", "eval_dpo"]),
-    ("herd/post/generate.py", ["rejection_sample", *BASE_EVALS,
-                               "eval_reward", "eval_sft", "eval_dpo"]),
+    ("herd/evals/measures.py", of_tasks(*EVALS)),
+    ("herd/post/generate.py", of_tasks("rejection_sample", *EVALS)),
     ("herd/evals/long_context.py", ["extend", "extend_control", *BASE_EVALS]),
     # reward scoring: sampling, and the evaluations that need a judge (not the base models')
-    ("herd/post/scoring.py", ["rejection_sample", "eval_reward", "eval_sft", "eval_dpo"]),
+    ("herd/post/scoring.py", of_tasks("rejection_sample", "evaluate_reward", "evaluate_policy")),
 ])
 def test_editing_code_reruns_its_importers_and_their_descendants(restore, file, first):
     with open(restore / file, "a") as fh:
@@ -142,10 +148,10 @@ def test_a_section_schema_is_imported_only_by_the_stages_that_read_it():
         assert importers <= readers, f"{file} (schema of {section}) is imported by {importers - readers}"
 
 
-def test_editing_the_dpo_schema_reruns_dpo_its_evaluation_and_the_report(restore):
+def test_editing_the_dpo_schema_reruns_the_dpo_stages_what_follows_them_and_their_evaluations(restore):
     path = restore / "tasks" / "dpo.py"
     path.write_text(path.read_text().replace("    beta: float = 0.1", "    beta: float = 0.1  # edited"))
-    assert dvc.would_run(restore) == ["dpo", "eval_dpo", "report"]
+    assert dvc.would_run(restore) == descendants(of_tasks("dpo"))
 
 
 @pytest.mark.parametrize("knob, value", [
@@ -159,11 +165,10 @@ def test_runtime_knobs_rerun_nothing(restore, knob, value):
 
 
 @pytest.mark.parametrize("knob, value, first", [
-    ("dpo.beta", 0.2, ["dpo"]),
+    ("dpo.beta", 0.2, of_tasks("dpo")),
     ("anneal.lr", 0.002, ["anneal", "anneal_control"]),
     ("extend.gate.max_repeats", 2, ["extend", "extend_control"]),
-    ("evaluate.math_problems", 3, [*BASE_EVALS, "eval_reward",
-                                   "eval_sft", "eval_dpo"]),
+    ("evaluate.math_problems", 3, of_tasks(*EVALS)),
     ("filter.min_words", 6, ["filter"]),
 ])
 def test_a_param_reruns_its_readers_and_their_descendants(restore, knob, value, first):
@@ -196,20 +201,24 @@ def test_a_data_value_probe_is_one_params_entry(restore):
     assert not {"pretrain", "extend", "extend_control", "eval_extend"} & set(stale)
 
 
-def test_dpo_beta_reruns_dpo_its_evaluation_and_the_report(restore):
+def test_dpo_beta_reruns_only_the_dpo_stages_what_follows_them_and_their_evaluations(restore):
     set_param(restore, "dpo.beta", 0.2)
-    assert dvc.would_run(restore) == ["dpo", "eval_dpo", "report"]
+    stale = dvc.would_run(restore)
+    assert stale == descendants(["dpo", "dpo_r2"])
+    assert stale[:2] == ["dpo", "rejection_sample_r2"] and "reward" not in stale and "sft" not in stale
 
 
-def test_a_second_round_adds_only_its_stages(restore):
-    set_param(restore, "post.rounds", 2)
+def test_another_round_adds_only_its_stages(restore):
+    set_param(restore, "post.rounds", 3)
     write_stub_dvc_yaml(restore)
-    round_two = ["rejection_sample_r2", "sft_r2", "dpo_r2", "eval_sft_r2", "eval_dpo_r2"]
+    round_three = ["rejection_sample_r3", "sft_r3", "dpo_r3", "eval_sft_r3", "eval_dpo_r3"]
     # The report gathers every evaluation, so it gains the round's two.
-    assert dvc.would_run(restore) == round_two + ["report"]
+    assert dvc.would_run(restore) == round_three + ["report"]
     graph = dvc.graph(restore)
-    assert set(graph["rejection_sample_r2"]) == {"filter", "reward", "dpo"}  # round 2 samples from round 1's policy
-    assert set(graph["dpo_r2"]) == {"sft_r2", "rejection_sample_r2"}
+    # Round 3 samples from round 2's policy, its committee reaching back to the policies before it.
+    assert set(graph["rejection_sample_r3"]) == {"corpus", "filter", "reward", "dpo_r2", "dpo", "anneal"}
+    assert set(graph["sft_r3"]) == {"dpo_r2", "rejection_sample_r3"}
+    assert set(graph["dpo_r3"]) == {"sft_r3", "rejection_sample_r3", "dpo_r2"}  # averaged with the previous policy
 
 
 def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):
@@ -223,7 +232,7 @@ def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):
     subprocess.run(["dvc", "checkout", "--force", "-q"], cwd=restore, env=env, check=True)
     exp = subprocess.run(["dvc", "exp", "run", "-S", "dpo.beta=0.3"], cwd=restore, env=env, capture_output=True,
                          text=True, check=True)
-    assert herd == running.findall(repro.stdout) == running.findall(exp.stdout) == ["dpo", "eval_dpo", "report"]
+    assert herd == running.findall(repro.stdout) == running.findall(exp.stdout) == descendants(of_tasks("dpo"))
 
 
 def test_a_held_out_answer_file_is_a_dependency_of_the_base_model_evaluations(restore):
@@ -232,4 +241,4 @@ def test_a_held_out_answer_file_is_a_dependency_of_the_base_model_evaluations(re
     write_stub_dvc_yaml(restore)
     spec = yaml.safe_load((restore / "dvc.yaml").read_text())["stages"]
     assert [name for name, entry in spec.items() if "heldout.jsonl" in entry["deps"]] == BASE_EVALS
-    assert set(dvc.would_run(restore)) == {*BASE_EVALS, "eval_reward", "eval_sft", "eval_dpo", "report"}
+    assert set(dvc.would_run(restore)) == {*BASE_EVALS, *of_tasks("evaluate_reward", "evaluate_policy"), "report"}

@@ -66,8 +66,8 @@ def write_filter(root):
 @pytest.fixture
 def stages(tmp_path):
     """The report's inputs in recipe order: filter, training stages with their curves, evaluations.
-    Against the previous model: extend moves nothing beyond noise, anneal gains, sft loses math,
-    dpo keeps its math and wins over sft; pretrain beats a unigram model, reward beats chance."""
+    Against the previous model: extend moves nothing beyond noise, anneal gains, sft loses on the task,
+    dpo keeps its task exact match and wins over sft; pretrain beats a unigram model, reward beats chance."""
     root = tmp_path / "artifacts"
     root.mkdir()
     folders = {"filter": write_filter(root)}
@@ -76,9 +76,11 @@ def stages(tmp_path):
     for name, metrics in training.items():
         folders[name] = write_stage(root, name, metrics, curve=True)
     evals = {"pretrain": (lm(4.0, 4.68, 0.05), {}), "extend": (lm(3.9, 4.67, 0.05), {}),
-             "anneal": (lm(3.7, 4.8, 0.30), {}), "reward": ({"heldout_accuracy": 0.8, "heldout_pairs": 200}, {}),
-             "sft": (lm(4.2, 5.0, 0.20), {}),
-             "dpo": (lm(4.2, 5.0, 0.22, win_rate_vs_baseline=0.7), {"baseline": "sft"})}
+             "anneal": (lm(3.7, 4.8, 0.30, task_exact_match=0.3), {}),
+             "reward": ({"heldout_accuracy": 0.8, "heldout_pairs": 200}, {}),
+             "sft": (lm(4.2, 5.0, 0.20, task_exact_match=0.2), {}),
+             "dpo": (lm(4.2, 5.0, 0.22, task_exact_match=0.22, win_rate_verifier=0.7, win_rate_reward=0.6),
+                     {"baseline": "sft"})}
     for model, (metrics, manifest) in evals.items():
         folders[f"eval_{model}"] = write_stage(root, f"eval_{model}", metrics, evaluates=model, **manifest)
     return folders
@@ -105,10 +107,11 @@ def test_each_stage_is_judged_against_the_model_before_it(stages):
         "extend: no effect — against pretrain, long-document loss 4.680 → 4.670 (−0.2%, within the 1% noise band)"
         " and passkey accuracy 0.000 → 0.000 (+0.000, within the ±0.05 noise band).")
     assert "reward accuracy 0.500 → 0.800 (+0.300, better)" in found["reward"].sentence  # against chance
-    # sft is for answering in the chat format: its higher pretraining loss does not count, its math does.
+    # sft is for the post-training task: its higher pretraining loss does not count, its task exact match does.
     assert found["sft"].sentence == \
-        "sft: worse — against anneal, math exact match 0.300 → 0.200 (−0.100, worse)."
-    assert "win rate 0.500 → 0.700 (+0.200, better)" in found["dpo"].sentence  # a tie with sft is 0.5
+        "sft: worse — against anneal, task exact match 0.300 → 0.200 (−0.100, worse)."
+    assert "win rate (verifier) 0.500 → 0.700 (+0.200, better)" in found["dpo"].sentence  # a tie with sft is 0.5
+    assert "win rate (reward) 0.500 → 0.600 (+0.100, better)" in found["dpo"].sentence
 
 
 def test_a_gain_its_control_shows_too_is_no_effect(stages, tmp_path):
@@ -163,13 +166,14 @@ def test_the_markdown_table_shows_each_change_from_the_previous_model(stages, tm
     out.mkdir()
     write_report(gather(stages), CFG, out)
     md = (out / "report.md").read_text()
-    assert ("| model | held-out loss | math loss | long-document loss | passkey accuracy | math exact match | win rate "
-            "| verdict |") in md
-    assert "| pretrain | 4.000 | 3.500 | 4.680 | 0.000 | 0.050 |  | improved |" in md
-    assert ("| extend | 3.900 (−2.5%) | 3.400 (−2.9%) | 4.670 (−0.2%) | 0.000 (+0.000) | 0.050 (+0.000) |  "
+    assert ("| model | held-out loss | math loss | long-document loss | passkey accuracy | math exact match "
+            "| task exact match | win rate (verifier) | win rate (reward) | verdict |") in md
+    assert "| pretrain | 4.000 | 3.500 | 4.680 | 0.000 | 0.050 |  |  |  | improved |" in md
+    assert ("| extend | 3.900 (−2.5%) | 3.400 (−2.9%) | 4.670 (−0.2%) | 0.000 (+0.000) | 0.050 (+0.000) |  |  |  "
             "| no effect |") in md
-    assert ("| anneal | 3.700 (−5.1%) | 3.200 (−5.9%) | 4.800 (+2.8%) | 0.000 (+0.000) | 0.300 (+0.250) |  "
-            "| improved |") in md
+    assert ("| anneal | 3.700 (−5.1%) | 3.200 (−5.9%) | 4.800 (+2.8%) | 0.000 (+0.000) | 0.300 (+0.250) | 0.300 "
+            "|  |  | improved |") in md
+    assert "| dpo | 4.200 (+0.0%) |" in md and "| 0.220 (+0.020) | 0.700 | 0.600 | improved |" in md
     for png in out.glob("*.png"):
         assert f"]({png.name})" in md
     assert summary(out).splitlines()[1].startswith("extend: no effect — against pretrain")

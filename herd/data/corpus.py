@@ -46,6 +46,12 @@ class CorpusConfig:
     prose_docs: int = 1500  # passages of Python's own documentation (reference and docstrings)
     math_problems: int = 6000  # arithmetic word problems with worked solutions
     math_test_problems: int = 200  # held out: evals, reward accuracy, decontamination
+    # Short arithmetic on small numbers, within a small model's reach: the post-training task
+    # (`post.task: drills`) samples its prompts and held-out checks from the two splits after these.
+    drills: int = 4000
+    drill_max: int = 20  # operands are 1..drill_max
+    drill_prompts: int = 1200  # post-training prompts (reward model and rejection sampling)
+    drill_test: int = 200  # held out: exact match and win rates of the policies
     passkey_docs: int = 150  # long documents with a pass key to retrieve
     passkey_test_docs: int = 30
     passkey_words: int = 600  # length of each passkey document in words
@@ -57,8 +63,9 @@ class CorpusConfig:
         return [s.path for s in self.sources if is_local(s.path, root)]
 
     def check(self, root: Path) -> None:
-        non_negative(self, "code_files", "prose_docs", "math_problems", "passkey_docs", "web_pages")
-        positive(self, "math_test_problems", "passkey_test_docs", "passkey_words")
+        non_negative(self, "code_files", "prose_docs", "math_problems", "passkey_docs", "web_pages", "drills")
+        positive(self, "math_test_problems", "passkey_test_docs", "passkey_words", "drill_max", "drill_prompts",
+                 "drill_test")
         for i, src in enumerate(self.sources):
             if src.domain != "auto":
                 check_domain(src.domain, f"sources[{i}].domain")
@@ -178,24 +185,48 @@ def _problem(rng: random.Random) -> tuple[str, str, int]:
     return q, f"{s} The answer is {ans}.", ans
 
 
-def math_problems(n: int, seed: int, split: str) -> list[dict]:
-    rng = random.Random(f"math:{split}:{seed}")
-    docs, seen = [], set()
+def _drill(rng: random.Random, top: int) -> tuple[str, str, int]:
+    """One short addition or subtraction on numbers 1..top: (question, worked solution, answer)."""
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    a, b = rng.randint(1, top), rng.randint(1, top)
+    if rng.random() < 0.5:
+        q = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have?"
+        return q, f"{a} + {b} = {a + b}. The answer is {a + b}.", a + b
+    a, b = max(a, b), min(a, b)
+    q = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
+    return q, f"{a} - {b} = {a - b}. The answer is {a - b}.", a - b
+
+
+def math_problems(n: int, seed: int, split: str, kind: str = "math", top: int = 0,
+                  exclude: frozenset[str] = frozenset()) -> list[dict]:
+    """n distinct worked problems of `kind` (math: word problems; drill: short arithmetic on 1..top),
+    none of whose questions is in `exclude` (the other splits)."""
+    rng = random.Random(f"{kind}:{split}:{seed}")
+    docs, seen = [], set(exclude)
     while len(docs) < n:
-        q, s, ans = _problem(rng)
+        q, s, ans = _problem(rng) if kind == "math" else _drill(rng, top)
         if q in seen:
             continue
         seen.add(q)
         docs.append({
-            "id": f"math/{split}/{len(docs)}",
+            "id": f"{kind}/{split}/{len(docs)}",
             "text": f"Question: {q}\nAnswer: {s}",
             "domain": "math",
-            "source": "generated-arithmetic",
+            "source": f"generated-{kind}",
             "question": q,
             "solution": s,
             "answer": str(ans),
         })
     return docs
+
+
+def drills(cfg, seed: int) -> dict[str, list[dict]]:
+    """The drills' three disjoint splits: train (pretraining documents), prompts, test."""
+    out, taken = {}, set()
+    for split, n in (("test", cfg.drill_test), ("prompts", cfg.drill_prompts), ("train", cfg.drills)):
+        out[split] = math_problems(n, seed, split, "drill", cfg.drill_max, frozenset(taken))
+        taken |= {d["question"] for d in out[split]}
+    return out
 
 
 PASSKEY_QUESTION = "What is the pass key? The pass key is"
@@ -289,13 +320,17 @@ def builtin_corpus(cfg, seed: int) -> Iterator[dict]:
     yield from stdlib_code(cfg.code_files)
     yield from prose
     yield from math_problems(cfg.math_problems, seed, "train")
+    yield from drills(cfg, seed)["train"]
     yield from passkey_docs(cfg.passkey_docs, cfg.passkey_words, seed, "train")
     yield from web_pages(cfg.web_pages, seed, prose)
 
 
 def builtin_evals(cfg, seed: int) -> dict[str, list[dict]]:
     """Held-out evaluation sets; the filter decontaminates the training corpus against them."""
+    drill = drills(cfg, seed)
     return {
         "math_test": math_problems(cfg.math_test_problems, seed, "test"),
+        "drill_prompts": drill["prompts"],
+        "drill_test": drill["test"],
         "passkey_test": passkey_docs(cfg.passkey_test_docs, cfg.passkey_words, seed, "test"),
     }

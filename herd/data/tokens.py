@@ -14,19 +14,25 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 from herd.errors import HerdError
 
 EOT, PAD, USER, ASSISTANT, END = "<|endoftext|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|end|>"
+SYSTEM = "<|system|>"
 
-# Herd's chat format (herd/post/chat.py) as a `transformers` chat template. Herd has no system turn;
-# a template that dropped a system message would answer a prompt other than the one it was given.
-CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{%- if message['role'] == 'user' -%}{{- '<|user|>' + message['content'] -}}"
-    "{%- elif message['role'] == 'assistant' -%}{{- '<|assistant|>' + message['content'] + '<|end|>' -}}"
-    "{%- else -%}{{- raise_exception('the Herd chat format has user and assistant messages only, not '"
-    " + message['role']) -}}"
-    "{%- endif -%}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
-)
+
+def chat_template(system: bool) -> str:
+    """Herd's chat format (herd/post/chat.py) as a `transformers` chat template. A tokenizer without
+    the system token refuses a system message: dropping it would answer another prompt."""
+    system_turn = "{{- '<|system|>' + message['content'] -}}" if system else (
+        "{{- raise_exception('this tokenizer has no <|system|> token for a system message') -}}")
+    return (
+        "{%- for message in messages -%}"
+        f"{{%- if message['role'] == 'system' -%}}{system_turn}"
+        "{%- elif message['role'] == 'user' -%}{{- '<|user|>' + message['content'] -}}"
+        "{%- elif message['role'] == 'assistant' -%}{{- '<|assistant|>' + message['content'] + '<|end|>' -}}"
+        "{%- else -%}{{- raise_exception('the Herd chat format has system, user and assistant messages, not '"
+        " + message['role']) -}}"
+        "{%- endif -%}"
+        "{%- endfor -%}"
+        "{%- if add_generation_prompt -%}{{- '<|assistant|>' -}}{%- endif -%}"
+    )
 
 
 def train_tokenizer(texts, vocab_size: int, min_frequency: int, special_tokens: list[str]) -> Tokenizer:
@@ -51,7 +57,8 @@ def save_tokenizer(tok: Tokenizer, folder: Path) -> None:
     # Decoding keeps the spaces `tokenizers` decodes, as Herd's own decode does.
     (folder / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": EOT, "eos_token": EOT, "pad_token": PAD,
-        "additional_special_tokens": [USER, ASSISTANT, END], "chat_template": CHAT_TEMPLATE,
+        "additional_special_tokens": [t for t in (SYSTEM, USER, ASSISTANT, END) if tok.token_to_id(t) is not None],
+        "chat_template": chat_template(tok.token_to_id(SYSTEM) is not None),
         "clean_up_tokenization_spaces": False, "model_max_length": 1 << 20,
     }, indent=2) + "\n")
 

@@ -9,8 +9,9 @@ import torch
 from herd.config import ParamError, positive
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_streams
-from herd.post.generate import sample
-from herd.post.preferences import final_answer
+from herd.post.generate import greedy
+from herd.post.preference_data import PreferenceSource, check_sources
+from herd.post.task import test_problems, verify
 from herd.training.lm_stage import eval_losses
 
 
@@ -19,6 +20,7 @@ class EvaluateConfig:
     short_seq_len: int = 256  # losses of every base model at the pretraining context ...
     long_seq_len: int = 1024  # ... and, on long documents and generated tasks, at the extended one
     math_problems: int = 60
+    task_problems: int = 200  # of the post-training task's held-out problems (task.kind)
     max_new_tokens: int = 64
     win_rate_prompts: int = 40
     # Long-context retrieval of base models: below, at and beyond the trained lengths.
@@ -30,9 +32,12 @@ class EvaluateConfig:
     # answer given the question, `answer_loss_<file name>`, over at most answer_loss_examples of them.
     answer_loss_files: list[str] = field(default_factory=list)
     answer_loss_examples: int = 200
+    # Held-out preference pairs the reward model is also judged on (e.g. HH-RLHF test, with a limit).
+    preference_files: list[PreferenceSource] = field(default_factory=list)
 
     def check(self, root) -> None:
-        positive(self, "short_seq_len", "long_seq_len", "math_problems", "max_new_tokens", "win_rate_prompts",
+        positive(self, "short_seq_len", "long_seq_len", "math_problems", "task_problems", "max_new_tokens",
+                 "win_rate_prompts",
                  "needle_depths", "needles_per_cell", "position_buckets", "answer_loss_examples")
         for i, path in enumerate(self.answer_loss_files):
             if not (root / path).is_file():
@@ -40,29 +45,24 @@ class EvaluateConfig:
         if not self.context_lengths or min(self.context_lengths) < 64:
             raise ParamError("context_lengths", f"needs lengths of at least 64 tokens (a task's question and "
                              f"needle take ~40), got {list(self.context_lengths)}")
+        check_sources(self.preference_files, root, "preference_files")
         if self.long_seq_len not in self.context_lengths:
             raise ParamError("context_lengths", f"must include long_seq_len ({self.long_seq_len}), the context the "
                              f"headline long-context measures are taken at")
 
 
-def greedy(model, prompt_ids: list[int], max_new: int, stop_ids: tuple[int, ...], precision: str) -> list[int]:
-    return sample(model, prompt_ids, 1, max_new, 0.0, 0, stop_ids, precision=precision)[0]
-
-
 def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: str) -> float:
     """Share of problems whose greedy answer's final number is right (chat or base prompt format)."""
-    hits = 0
-    for p in problems:
-        prompt = fmt.prompt(p["question"]) if chat else fmt.base_prompt(p["question"])
-        text = fmt.decode(greedy(model, prompt, max_new, fmt.stops, precision))
-        hits += final_answer(text) == p["answer"]
+    prompts = [fmt.prompt(p["question"]) if chat else fmt.base_prompt(p["question"]) for p in problems]
+    outputs = greedy(model, prompts, max_new, fmt.stops, precision)
+    hits = sum(verify(fmt.decode(o), p["answer"]) for o, p in zip(outputs, problems, strict=True))
     return round(hits / len(problems), 4)
 
 
 def model_measures(st, model, fmt, chat: bool) -> dict[str, float]:
     """The measures every language model gets, base or policy: held-out loss by domain at the
-    short context, loss on long documents at the long context, math exact match (in the chat
-    format for a policy)."""
+    short context, loss on long documents at the long context, exact match on the word problems
+    and on the post-training task's held-out problems (in the chat format for a policy)."""
     cfg, precision = st.cfg.evaluate, st.cfg.train.precision
     val = load_streams(st.input("tokenizer"), "validation")
     evals = st.input("corpus") / "evals"
@@ -76,4 +76,6 @@ def model_measures(st, model, fmt, chat: bool) -> dict[str, float]:
                                                                       cfg.long_seq_len)["long"]
     problems = read_jsonl(evals / "math_test.jsonl")[: cfg.math_problems]
     out["math_exact_match"] = math_exact_match(model, fmt, problems, chat, cfg.max_new_tokens, precision)
+    task = test_problems(st.cfg.task.kind, evals)[: cfg.task_problems]
+    out["task_exact_match"] = math_exact_match(model, fmt, task, chat, cfg.max_new_tokens, precision)
     return out

@@ -1,21 +1,23 @@
 """Held-out measures that need a judge: the reward model's accuracy on preference pairs, and the
 win rate of one policy's answers over another's."""
 
-from herd.evals.measures import greedy
-from herd.post.preferences import preference_pairs
+from herd.post.generate import greedy
 from herd.post.scoring import score_responses
 
 
-def reward_accuracy(judge, fmt, problems: list[dict], seed: int, precision: str) -> float:
-    """How often the reward model prefers the right solution of a held-out problem to a wrong one."""
-    pairs = preference_pairs(problems, len(problems), seed)
-    chosen = score_responses(judge, fmt, [(p["prompt"], p["chosen"]) for p in pairs], precision=precision)
-    rejected = score_responses(judge, fmt, [(p["prompt"], p["rejected"]) for p in pairs], precision=precision)
+def reward_accuracy(judge, fmt, pairs: list[dict], precision: str, seq_len: int = 512) -> float:
+    """How often the reward model prefers the chosen response of a held-out pair (the shape of
+    herd/post/preference_data.py) to the rejected one."""
+    chosen = score_responses(judge, fmt, [(p["messages"], p["chosen"]) for p in pairs], seq_len, precision=precision)
+    rejected = score_responses(judge, fmt, [(p["messages"], p["rejected"]) for p in pairs], seq_len,
+                               precision=precision)
     return round(sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs), 4)
 
 
-def answers(model, fmt, questions: list[str], max_new: int, precision: str) -> list[str]:
-    return [fmt.decode(greedy(model, fmt.prompt(q), max_new, fmt.stops, precision)) for q in questions]
+def answers(model, fmt, questions: list[str], max_new: int, precision: str, chat: bool = True) -> list[str]:
+    """Greedy answers, in the chat format or (a base model) from the pretraining prompt."""
+    encode = fmt.prompt if chat else fmt.base_prompt
+    return [fmt.decode(o) for o in greedy(model, [encode(q) for q in questions], max_new, fmt.stops, precision)]
 
 
 def win_rate(judge, fmt, questions: list[str], new: list[str], old: list[str], precision: str) -> float:

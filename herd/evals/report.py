@@ -33,10 +33,12 @@ TIE = 0.5  # a model's win rate over itself, and a reward model's accuracy by ch
 LOSS = re.compile(r"val_loss_(\w+?)_len(\d+)$")
 ANSWER_LOSS = re.compile(r"answer_loss_len(\d+)$")
 PASSKEY = re.compile(r"retrieval_passkey_len(\d+)$")
-RATES = {"math_exact_match": "math exact match", "win_rate_vs_baseline": "win rate",
+RATES = {"math_exact_match": "math exact match", "task_exact_match": "task exact match",
+         "win_rate_verifier": "win rate (verifier)", "win_rate_reward": "win rate (reward)",
          "heldout_accuracy": "reward accuracy"}
+WIN_RATES = ("win rate (verifier)", "win rate (reward)")
 COLUMNS = ("held-out loss", "math loss", "long-document loss", "long-context answer loss", "passkey accuracy",
-           "math exact match", "win rate")
+           "math exact match", "task exact match", *WIN_RATES)
 
 # What each stage is for, hence what its verdict is decided on (a stage not listed: every measure).
 # Post-training is expected to raise the loss on the pretraining domains; that is not what it is for.
@@ -46,8 +48,8 @@ MATTERS = {
     "anneal": ("math loss", "math exact match"),
     "anneal_probe": ("math loss", "held-out loss", "math exact match"),
     "reward": ("reward accuracy",),
-    "sft": ("math exact match",),
-    "dpo": ("math exact match", "win rate"),
+    "sft": ("task exact match", *WIN_RATES),
+    "dpo": ("task exact match", *WIN_RATES),
 }
 DOES = {
     "pretrain": "Trains the model from random weights on the filtered training mix.",
@@ -58,11 +60,11 @@ DOES = {
               "average of its last checkpoints. Judged against its control, the same run on the general mix.",
     "anneal_probe": "A data-value probe: annealing with part of the general mix replaced by a candidate mix, "
                     "judged against the anneal control.",
-    "reward": "A reward model started from the annealed base, trained to prefer right worked solutions over "
-              "wrong ones.",
-    "sft": "Supervised fine-tuning of the annealed base, in the chat format, on the best-scored of the answers "
-           "sampled from the current policy.",
-    "dpo": "Direct Preference Optimization of the SFT policy on best-versus-worst sampled answers.",
+    "reward": "A Bradley-Terry reward model, trained to prefer right worked solutions over wrong, truncated or "
+              "off-topic ones (and on any preference data set).",
+    "sft": "Supervised fine-tuning of the current policy (the annealed base in round 1), in the chat format, on "
+           "the best of K answers it sampled per prompt, as ranked by the verifier and the reward model.",
+    "dpo": "Direct Preference Optimization of the SFT policy on each prompt's best versus worst sampled answer.",
 }
 SETTINGS = {"seq_len": "context {} tokens", "steps": "{} steps", "lr": "peak learning rate {}",
             "batch_size": "batch {}", "rope_base": "RoPE base {}", "beta": "β {}", "mix": "mix {}",
@@ -282,8 +284,8 @@ def references(stage: str, results: Results, previous: dict[str, str | None]) ->
     refs, before = [], previous.get(stage)
     if before:
         theirs = headline(results.evaluations[before].metrics)
-        if results.evaluations[stage].baseline == before:  # the win rate is over the previous model, ...
-            theirs["win rate"] = TIE  # ... which ties with itself
+        if results.evaluations[stage].baseline == before:  # the win rates are over the previous model, ...
+            theirs.update(dict.fromkeys(WIN_RATES, TIE))  # ... which ties with itself
         refs.append((before, theirs))
     elif stage in results.training and "unigram_entropy" in results.training[stage].metrics:
         entropy = results.training[stage].metrics["unigram_entropy"]
@@ -353,10 +355,28 @@ def loss_table(results: Results) -> tuple[dict[str, dict[str, float]], int | Non
 
 def rate_table(results: Results) -> dict[str, dict[str, float]]:
     """{stage: {measure: share}}: math exact match and passkey accuracy of every language model."""
-    names = ("math exact match", "passkey accuracy")
+    names = ("math exact match", "task exact match", "passkey accuracy")
     table = {stage: {n: v for n, v in headline(ev.metrics).items() if n in names}
              for stage, ev in results.evaluations.items()}
     return {stage: row for stage, row in table.items() if row}
+
+
+SAMPLING = {"random_correct_rate": "a random sample right", "best_of_k_verifier_correct_rate": "best of K by verifier",
+            "best_of_k_reward_correct_rate": "best of K by reward model", "reward_onpolicy_accuracy":
+            "reward accuracy on these samples", "sft_examples": "SFT examples", "dpo_pairs": "DPO pairs"}
+
+
+def sampling_blocks(results: Results) -> list[tuple]:
+    """Each round's rejection sampling: how often a random sample, the verifier's and the reward
+    model's best of K are right, and the reward model's accuracy on these on-policy samples."""
+    rounds = {stage: t.metrics for stage, t in results.training.items() if "random_correct_rate" in t.metrics}
+    if not rounds:
+        return []
+    rows = [[stage, *(f"{m[key]:g}" if key in m else "" for key in SAMPLING)] for stage, m in rounds.items()]
+    return [("h2", "Rejection sampling"), ("table", ["stage", *SAMPLING.values()], rows),
+            ("p", "Shares of the round's prompts whose answer is right (a random sample: of all samples); the "
+                  "reward model's accuracy is over every (right, wrong) pair of samples of one prompt, prompts it "
+                  "never saw in training.")]
 
 
 def by_context_length(results: Results, pattern: re.Pattern) -> dict[str, dict[int, float]]:
@@ -498,8 +518,10 @@ def document(results: Results, found: list[Verdict], figures: list[tuple[str, st
                    ("p", f"Held-out loss: mean over domains at {short} tokens; long-document loss: at the longest "
                          "context evaluated (nats per token, lower is better; in brackets the relative change from "
                          "the model above in the chain). Rates are shares of held-out problems (higher is better; "
-                         "in brackets the absolute change); the win rate is over the policy the model started from, "
-                         "judged by the reward model, 0.5 being a tie.")]
+                         "in brackets the absolute change); the task is the post-training task's held-out problems; a "
+                         "win rate is over the model a policy started from, judged by the verifier or the reward "
+                         "model on the task's held-out prompts, 0.5 being a tie.")]
+    blocks += sampling_blocks(results)
     blocks.append(("h2", "Verdicts by stage"))
     for v in found:
         blocks += stage_blocks(v, results)

@@ -30,6 +30,7 @@ def export_model(st, model: Llama, tokenizer_dir: Path, kind: str) -> Path:
     """Write `st.out / "model"` for a model of `kind` (base, policy or reward) and return it."""
     folder = st.out / "model"
     save_checkpoint(model, folder)
+    st.manifest["model_kind"] = kind  # what reads it next: a policy answers in the chat format, a base does not
     for name in TOKENIZER_FILES:
         shutil.copy(tokenizer_dir / name, folder / name)
     fmt = ChatFormat(load_tokenizer(folder))

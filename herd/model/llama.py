@@ -128,7 +128,7 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
 
-    def forward(self, x, cos, sin, cache=None, start=0):
+    def forward(self, x, cos, sin, cache=None, start=0, mask=None):
         B, T, _ = x.shape
         hd, nh, nkv = self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads
         q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)
@@ -144,8 +144,10 @@ class Attention(nn.Module):
         # A single new token attends to everything cached; a prompt (start == 0) is causal.
         if T > 1 and start > 0:
             raise HerdError("the KV cache takes a whole prompt at position 0, then one token at a time")
-        # Grouped-query attention without materialising the repeated keys and values.
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, enable_gqa=nkv != nh)
+        # Grouped-query attention without materialising the repeated keys and values; `mask` (left
+        # padding in a batch of prompts) replaces the causal flag when given.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None,
+                                           enable_gqa=nkv != nh)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
 
 
@@ -214,8 +216,8 @@ class Block(nn.Module):
         else:
             self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None, start=0):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start)
+    def forward(self, x, cos, sin, cache=None, start=0, mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start, mask)
         ffn = self.block_sparse_moe if self.is_moe else self.mlp
         return x + ffn(self.post_attention_layernorm(x))
 
@@ -256,18 +258,31 @@ class Llama(nn.Module):
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if residual_out else 1
                 nn.init.normal_(p, std=std * scale, generator=generator)
 
-    def hidden(self, idx, cache=None, start=0):
+    def hidden(self, idx, cache=None, start=0, pad=None):
+        """`pad` (B,): how many left-padding tokens each row starts with (a batch of prompts of
+        different lengths); padding is never attended to and each row's positions start after it."""
         T = idx.shape[1]
-        cos, sin = rope_tables(self.cfg, torch.arange(start, start + T, device=idx.device))
+        positions = torch.arange(start, start + T, device=idx.device)
+        mask = None
+        if pad is not None:
+            keys = torch.arange(start + T, device=idx.device)
+            valid = keys[None, None, :] >= pad[:, None, None]
+            causal = keys[None, None, :] <= positions[None, :, None]
+            # A padding query attends to itself alone, so no row of the softmax is empty.
+            mask = (valid & causal | (keys[None, None, :] == positions[None, :, None]))[:, None]
+            positions = (positions[None, :] - pad[:, None]).clamp(min=0)
+        cos, sin = rope_tables(self.cfg, positions.reshape(-1))
+        if pad is not None:  # per-row positions: (B, 1, T, head_dim) against q and k's (B, heads, T, head_dim)
+            cos, sin = cos.view(idx.shape[0], 1, T, -1), sin.view(idx.shape[0], 1, T, -1)
         x = self.model.embed_tokens(idx)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, None if cache is None else cache[i], start)
+            x = layer(x, cos, sin, None if cache is None else cache[i], start, mask)
         return self.model.norm(x)
 
-    def forward(self, idx, cache=None, start=0, labels=None):
+    def forward(self, idx, cache=None, start=0, labels=None, pad=None):
         """Logits (B, T, vocab) for an LM; per-token scores (B, T) for a reward model. Given `labels`,
         an LM returns their mean next-token loss instead, without materialising the logits."""
-        h = self.hidden(idx, cache, start)
+        h = self.hidden(idx, cache, start, pad)
         if self.head == "lm" and labels is not None:
             return linear_cross_entropy(h, self.lm_head.weight, labels)
         if self.head == "lm":

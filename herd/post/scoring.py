@@ -3,19 +3,22 @@
 import torch
 
 from herd.post.losses import rewards
+from herd.training.distributed import device
 from herd.training.precision import autocast
 
 
 @torch.no_grad()
-def score_responses(model, fmt, pairs: list[tuple[str, str]], seq_len: int = 512, batch_size: int = 32,
+def score_responses(model, fmt, pairs: list[tuple[str | list[dict], str]], seq_len: int = 512, batch_size: int = 32,
                     precision: str = "bf16") -> list[float]:
-    """Reward of each (prompt, response text)."""
+    """Reward of each (prompt, response text); a prompt is a question or a conversation's messages."""
     rows = [(fmt.prompt(p), fmt.response(r)) for p, r in pairs]
-    model.eval()
+    dev = device()
+    model.to(dev).eval()
     scores = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
         longest = max(len(p) + len(r) for p, r in chunk)
+        batch = {k: v.to(dev) for k, v in fmt.conversations(chunk, min(seq_len, longest)).items()}
         with autocast(precision):
-            scores += rewards(model, fmt.conversations(chunk, min(seq_len, longest))).tolist()
+            scores += rewards(model, batch).tolist()
     return scores

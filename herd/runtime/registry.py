@@ -55,15 +55,16 @@ def log_model(st, checkpoint: Path, kind: str):
     )
 
 
-def register(st, info, name: str) -> str | None:
-    """Register the logged model `info` as `name`, point the alias at the new version and tag it
-    with its lineage. Returns the version."""
+def register(st, info, name: str, alias: bool = True) -> str | None:
+    """Register the logged model `info` as `name`, tag it with its lineage and, unless its alias
+    is gated by an evaluation (`crown`), point the alias at the new version. Returns the version."""
     tcfg = st.cfg.runtime.tracking
     if not tcfg.register:
         return None
     version_ = mlflow.register_model(info.model_uri, name)
     client = mlflow.MlflowClient()
-    client.set_registered_model_alias(name, tcfg.alias, version_.version)
+    if alias:
+        client.set_registered_model_alias(name, tcfg.alias, version_.version)
     tags = {"herd.stage": st.name, "herd.run_id": st.run_id}
     for stage, record in st.lineage().items():
         tags[f"lineage.{stage}.run_id"] = record["run_id"]
@@ -73,3 +74,38 @@ def register(st, info, name: str) -> str | None:
     for key, value in tags.items():
         client.set_model_version_tag(name, version_.version, key, value)
     return version_.version
+
+
+def version_of_run(name: str, run_id: str):
+    """The registered version of `name` that the MLflow run `run_id` logged, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name='{name}' and run_id='{run_id}'")
+    except MlflowException:
+        return None
+    return max(versions, key=lambda v: int(v.version), default=None)
+
+
+def holder(name: str, alias: str):
+    """The version that holds `alias`, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlflow.MlflowClient().get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def checkpoint_of(name: str, version: str) -> Path:
+    """The Herd checkpoint folder inside a registered version (downloaded when the store is remote)."""
+    return Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")) / "artifacts" / "checkpoint"
+
+
+def crown(name: str, version: str, alias: str, promote: bool, tags: dict[str, str]) -> None:
+    """Record a gated alias decision on `version`; move the alias to it when `promote`."""
+    client = mlflow.MlflowClient()
+    if promote:
+        client.set_registered_model_alias(name, alias, version)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)

@@ -26,7 +26,7 @@ class HerdModel(mlflow.pyfunc.PythonModel):
         self.fmt = ChatFormat(load_tokenizer(folder))
 
     def predict(self, context, model_input, params=None):
-        from herd.post.generate import sample
+        from herd.post.generate import generate
         from herd.post.scoring import score_responses
 
         prompts = _column(model_input, "prompt")
@@ -40,10 +40,10 @@ class HerdModel(mlflow.pyfunc.PythonModel):
         params = {**GENERATION_PARAMS, **(params or {})}
         generator = torch.Generator().manual_seed(int(params["seed"]))
         encode = self.fmt.prompt if self.kind == "policy" else self.fmt.base_prompt
-        return [self.fmt.decode(sample(self.model, encode(p), 1, int(params["max_new_tokens"]),
-                                       float(params["temperature"]), int(params["top_k"]),
-                                       self.fmt.stops, generator=generator)[0])
-                for p in prompts]
+        samples = generate(self.model, [encode(p) for p in prompts], int(params["max_new_tokens"]), self.fmt.stops,
+                           temperature=float(params["temperature"]), top_k=int(params["top_k"]),
+                           generator=generator)
+        return [self.fmt.decode(s[0]) for s in samples]
 
 
 def _column(frame, name: str) -> list[str]:

@@ -4,13 +4,13 @@ anneal_probe_<name> run it on different mixes."""
 
 from dataclasses import dataclass, field
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from herd.config import ParamError, fraction, positive
 from herd.data.domains import check_weights
 from herd.data.tokens import load_streams
 from herd.model.llama import load_checkpoint
+from herd.training.averaging import averaged
 from herd.training.config import check_optimization
 from herd.training.lm_stage import eval_losses, save_model, train_lm
 from herd.training.schedule import linear_to_zero
@@ -96,9 +96,3 @@ def anneal(st, weights: dict[str, float]) -> None:
     st.metrics["averaged_checkpoints"] = len(kept)
     st.metrics["val_loss_hq_averaged"] = best
     save_model(st, model, tokens)
-
-
-def averaged(model, states: list[dict]):
-    """`model` with the uniform average of the weights in `states` loaded."""
-    model.load_state_dict({k: torch.stack([s[k] for s in states]).mean(0) for k in states[0]}, strict=False)
-    return model

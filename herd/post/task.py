@@ -1,0 +1,96 @@
+"""The post-training task: prompts whose answers a verifier checks, and constructed preference pairs.
+
+Two kinds come with the built-in corpus (herd/data/corpus.py): `drill`, short arithmetic on small
+numbers that the default base model solves part of the time (so best-of-K has something to pick),
+and `math`, the word problems (GSM8K-style, for larger models). A worked solution ends with
+"The answer is N."; the verifier reads that number.
+"""
+
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from herd.config import ParamError
+from herd.data.io import read_jsonl
+
+ANSWER = re.compile(r"The answer is (-?\d+)\.")
+KINDS = ("drill", "math")
+
+
+@dataclass
+class TaskConfig:
+    kind: str = "drill"  # drill: short arithmetic on small numbers; math: word problems
+
+    def check(self, root) -> None:
+        if self.kind not in KINDS:
+            raise ParamError("kind", f"must be one of {', '.join(KINDS)}, got '{self.kind}'")
+
+
+def final_answer(text: str) -> str | None:
+    m = ANSWER.search(text)
+    return m.group(1) if m else None
+
+
+def verify(text: str, answer: str) -> bool:
+    """Whether a response's final answer is the right one."""
+    return final_answer(text) == answer
+
+
+def prompts(kind: str, evals: Path, filtered_rows: list[dict]) -> list[dict]:
+    """The problems post-training samples on: the drills' prompt split, or the distinct word
+    problems of the filtered training corpus (the mixer may repeat documents)."""
+    if kind == "drill":
+        return read_jsonl(evals / "drill_prompts.jsonl")
+    return training_problems(kind, filtered_rows)
+
+
+def test_problems(kind: str, evals: Path) -> list[dict]:
+    """The held-out problems policies are judged on."""
+    return read_jsonl(evals / f"{kind}_test.jsonl")
+
+
+def training_problems(kind: str, rows: list[dict]) -> list[dict]:
+    """Distinct problems of `kind` with a worked solution in the filtered training corpus."""
+    seen, out = set(), []
+    for row in rows:
+        if row["id"].startswith(f"{kind}/") and row.get("question") and row["id"] not in seen:
+            seen.add(row["id"])
+            out.append(row)
+    return sorted(out, key=lambda r: r["id"])
+
+
+def wrong(solution: str, answer: str, rng: random.Random) -> str:
+    """The solution with a wrong result, consistently: its last equation and its final answer."""
+    bad = str(int(answer) + rng.choice([-10, -2, -1, 1, 2, 10]))
+    return re.sub(rf"= {re.escape(answer)}\b", f"= {bad}", solution).replace(f"The answer is {answer}.",
+                                                                              f"The answer is {bad}.")
+
+
+def rejected_variant(problem: dict, other: dict, rng: random.Random) -> tuple[str, str]:
+    """A worse response to `problem`: a wrong result, a truncated solution, or another problem's
+    solution. Returns (response, kind)."""
+    solution = problem["solution"]
+    kind = rng.choice(["wrong_answer", "wrong_answer", "truncated", "off_topic"])
+    if kind == "wrong_answer":
+        return wrong(solution, problem["answer"], rng), kind
+    if kind == "truncated":
+        words = solution.split()
+        return " ".join(words[: max(1, len(words) // 2)]), kind
+    return other["solution"], kind
+
+
+def constructed_pairs(problems: list[dict], n: int, seed: int) -> list[dict]:
+    """n preference pairs (a right worked solution over a worse one) in the shape of
+    herd/post/preference_data.py."""
+    rng = random.Random(f"pairs:{seed}")
+    pairs = []
+    for i in range(n):
+        problem = problems[i % len(problems)]
+        other = problems[rng.randrange(len(problems))]
+        rejected, kind = rejected_variant(problem, other, rng)
+        if rejected == problem["solution"]:
+            continue
+        pairs.append({"messages": [{"role": "user", "content": problem["question"]}], "chosen": problem["solution"],
+                      "rejected": rejected, "source": f"constructed-{kind}", "id": problem["id"]})
+    return pairs

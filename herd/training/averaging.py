@@ -1,0 +1,13 @@
+"""Model averaging (Polyak / model soups): the weighted mean of several checkpoints' weights, used by
+annealing (the last checkpoints) and by post-training rounds (the policies of successive rounds)."""
+
+import torch
+
+
+def averaged(model, states: list[dict], weights: list[float] | None = None):
+    """`model` with the average of the weights in `states` loaded (uniform unless `weights`, which
+    sum to 1, are given)."""
+    w = torch.tensor(weights if weights is not None else [1 / len(states)] * len(states))
+    model.load_state_dict({k: sum(wi * s[k].float() for wi, s in zip(w, states, strict=True)).to(states[0][k].dtype)
+                           for k in states[0]}, strict=False)
+    return model

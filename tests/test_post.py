@@ -1,0 +1,124 @@
+"""Post-training machinery: the task and its verifier, ranking of samples, packing, DPO/IPO with
+cached reference log-probabilities, the Bradley-Terry margin, averaging across rounds."""
+
+import pytest
+import torch
+
+from herd.data import corpus
+from herd.data.tokens import ASSISTANT, END, EOT, PAD, SYSTEM, USER, train_tokenizer
+from herd.model.cross_entropy import IGNORE
+from herd.model.llama import Llama, LlamaConfig
+from herd.post.chat import ChatFormat
+from herd.post.losses import bradley_terry_loss, dpo_loss, sequence_logprobs
+from herd.post.task import constructed_pairs, final_answer, verify
+from herd.training.averaging import averaged
+from tasks.dpo import pair_batch, reference_logprobs
+from tasks.rejection_sample import rank_key, sampling_metrics
+
+
+@pytest.fixture(scope="module")
+def fmt():
+    texts = [d["text"] for d in corpus.math_problems(200, 0, "train", "drill", 10)]
+    return ChatFormat(train_tokenizer(texts, 400, 1, [EOT, PAD, SYSTEM, USER, ASSISTANT, END]))
+
+
+def tiny(vocab: int) -> Llama:
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(vocab_size=vocab, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=128))
+    m.init_weights(0.1)
+    return m
+
+
+def test_drill_splits_are_disjoint_and_their_solutions_verify():
+    splits = corpus.drills(corpus.CorpusConfig(drills=500, drill_prompts=100, drill_test=50, drill_max=10), 0)
+    questions = {name: {d["question"] for d in docs} for name, docs in splits.items()}
+    assert not (questions["train"] & questions["test"]) and not (questions["prompts"] & questions["test"])
+    assert not (questions["train"] & questions["prompts"])
+    for doc in splits["test"]:
+        assert verify(doc["solution"], doc["answer"]) and eval(doc["solution"].split("=")[0]) == int(doc["answer"])
+
+
+def test_a_constructed_wrong_answer_is_wrong_in_its_equation_and_its_final_answer():
+    problems = corpus.math_problems(100, 0, "train", "drill", 10)
+    pairs = [p for p in constructed_pairs(problems, 100, 0) if p["source"] == "constructed-wrong_answer"]
+    assert len(pairs) > 20
+    for p in pairs:
+        wrong = final_answer(p["rejected"])
+        assert wrong != final_answer(p["chosen"]) and f"= {wrong}." in p["rejected"]
+
+
+def test_ranking_puts_verified_samples_first_and_the_reward_breaks_ties():
+    samples = [{"correct": False, "reward": 3.0}, {"correct": True, "reward": 0.5}, {"correct": True, "reward": 1.0}]
+    assert max(samples, key=lambda s: rank_key(s, "both")) is samples[2]
+    assert max(samples, key=lambda s: rank_key(s, "reward")) is samples[0]
+    assert max(samples, key=lambda s: rank_key(s, "verifier"))["correct"]
+
+
+def test_sampling_metrics_count_best_of_k_against_a_random_sample():
+    rows = [{"samples": [{"member": "anneal", "correct": c, "reward": r} for c, r in row]}
+            for row in ([(True, 2.0), (False, 1.0)], [(False, 0.0), (False, 1.0)], [(True, -1.0), (False, 0.5)])]
+    for row in rows:
+        row["accepted"] = any(s["correct"] for s in row["samples"])
+        row["pair"] = True
+    m = sampling_metrics(rows, "both")
+    assert m["random_correct_rate"] == round(2 / 6, 4)
+    assert m["best_of_k_verifier_correct_rate"] == round(2 / 3, 4) == m["best_correct_rate"]
+    assert m["best_of_k_reward_correct_rate"] == round(1 / 3, 4)  # the reward model is fooled on the third
+    assert m["reward_onpolicy_accuracy"] == 0.5 and m["reward_onpolicy_pairs"] == 2
+
+
+def test_chat_renders_system_and_turns_as_prompt_and_response_do(fmt):
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1 + 2?"},
+             {"role": "assistant", "content": "3"}, {"role": "user", "content": "And 2 + 2?"}]
+    ids = fmt.render(turns)
+    assert ids == [fmt.tok.token_to_id(SYSTEM), *fmt.tok.encode("Be brief.").ids, *fmt.prompt("1 + 2?"),
+                   *fmt.response("3"), *fmt.prompt("And 2 + 2?")]
+
+
+def test_packing_labels_each_response_once_and_nothing_across_a_boundary(fmt):
+    examples = [(fmt.prompt(f"What is {i} + 1?"), fmt.response(f"{i} + 1 = {i + 1}.")) for i in range(12)]
+    batch = fmt.packed(examples, 48)
+    assert batch["input_ids"].shape[0] < len(examples)  # several conversations share a row
+    labelled = batch["labels"][batch["labels"] != IGNORE].tolist()
+    assert labelled == [t for _, response in examples for t in response]
+    assert not (batch["labels"] == fmt.user).any()  # no conversation's end predicts the next one's start
+
+
+def test_cached_reference_logprobs_equal_those_of_each_step(fmt):
+    model = tiny(fmt.tok.get_vocab_size())
+    pairs = [(fmt.prompt(f"What is {i} + 2?"), fmt.response(f"{i + 2}."), fmt.response(f"{i + 3}."))
+             for i in range(40)]
+    cached = reference_logprobs(model, fmt, pairs, 32, "fp32", per_token=False)
+    idx = [3, 17, 35]
+    with torch.no_grad():
+        fresh = sequence_logprobs(model, pair_batch(fmt, [pairs[i] for i in idx], 32))
+    assert torch.allclose(cached[idx], torch.stack(fresh.chunk(2), 1), atol=1e-5)
+
+
+def test_ipo_is_smallest_at_its_target_margin_and_dpo_keeps_pushing():
+    zero = torch.zeros(4)
+    beta = 0.5
+    losses = {}
+    for kind in ("sigmoid", "ipo"):
+        losses[kind] = [dpo_loss(torch.full((4,), h), zero, zero, zero, beta, kind)[0].item() for h in (0.0, 1.0, 3.0)]
+    assert losses["sigmoid"][0] > losses["sigmoid"][1] > losses["sigmoid"][2]  # always wants a larger margin
+    assert losses["ipo"][1] == pytest.approx(0.0) and losses["ipo"][2] > losses["ipo"][1]  # target 1 / (2 beta)
+
+
+def test_a_margin_asks_the_chosen_reward_to_lead_by_it():
+    chosen, rejected = torch.tensor([1.0]), torch.tensor([0.5])
+    assert bradley_terry_loss(chosen, rejected, margin=1.0) > bradley_terry_loss(chosen, rejected)
+
+
+def test_averaging_across_rounds_weights_each_policy():
+    a, b = tiny(50), tiny(50)
+    with torch.no_grad():
+        for p in b.parameters():
+            p.add_(1.0)
+    states = [{k: v.clone() for k, v in a.state_dict().items()}, {k: v.clone() for k, v in b.state_dict().items()}]
+    out = averaged(tiny(50), states, [0.25, 0.75])
+    name = "model.layers.0.mlp.up_proj.weight"
+    assert torch.allclose(out.state_dict()[name], 0.25 * states[0][name] + 0.75 * states[1][name])
+    # tied embeddings are averaged once, not twice
+    assert torch.allclose(out.model.embed_tokens.weight, states[0]["model.embed_tokens.weight"] + 0.75)
+
