@@ -73,6 +73,14 @@ def load_sections(path: Path, schemas: dict[str, type], overrides: list[str] = (
     return cfg
 
 
+def check_part(part, root, within: str) -> None:
+    """Run a nested schema's check, naming a refused key from its section (`within` + the key)."""
+    try:
+        part.check(root)
+    except ParamError as err:
+        raise ParamError(f"{within}{err.key}", err.why) from None
+
+
 def positive(section, *keys: str, within: str = "") -> None:
     """Each key a finite number above zero (counts, lengths, learning rates). `within` prefixes
     the key of a nested section in messages (e.g. "distill.")."""

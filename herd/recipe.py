@@ -81,7 +81,7 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ..
         stage("anneal", base="extend", tokenizer="tokenizer"),
         stage("anneal_control", base="extend", tokenizer="tokenizer"),
         *(stage(f"anneal_probe_{p}", "anneal_probe", base="extend", tokenizer="tokenizer") for p in probes),
-        stage("reward", base="anneal", filtered="filter"),
+        stage("reward", base="anneal", filtered="filter", corpus="corpus"),
     ]
     # Every base model and control is evaluated; a control's evaluation sits beside its stage's.
     bases = ["pretrain", "extend", "extend_control", "anneal", "anneal_control", *(f"anneal_probe_{p}" for p in probes)]

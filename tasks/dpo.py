@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from herd.config import ParamError, non_negative, positive
+from herd.config import ParamError, check_part, non_negative, positive
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
@@ -19,8 +19,8 @@ from herd.post.losses import dpo_loss, response_lengths, sequence_logprobs
 from herd.post.preference_data import PreferenceSource, check_sources, load_preferences
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.averaging import averaged
-from herd.training.distributed import device
 from herd.training.config import TrainConfig, check_optimization
+from herd.training.distributed import device
 from herd.training.lm_stage import save_model
 from herd.training.loop import train
 from herd.training.precision import autocast
@@ -34,7 +34,7 @@ AVERAGES = ("none", "uniform", "ema")
 class DPOConfig:
     beta: float = 0.1
     loss: str = "sigmoid"  # sigmoid: DPO; ipo: IPO on per-token mean log-probabilities
-    nll_weight: float = 0.0  # + this times the chosen response's per-token NLL (Llama 3)
+    nll_weight: float = 1.0  # + this times the chosen response's per-token NLL (Llama 3)
     datasets: list[PreferenceSource] = field(default_factory=list)  # preference data sets, beside on-policy pairs
     # From round 2: the saved policy is this round's averaged with the previous round's (uniform:
     # over all rounds so far; ema: ema_decay on the previous).
@@ -43,7 +43,7 @@ class DPOConfig:
     seq_len: int = 256
     batch_size: int = 8
     steps: int = 40
-    lr: float = 1e-4
+    lr: float = 5e-5
     warmup_steps: int = 5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -60,7 +60,7 @@ class DPOConfig:
         if not 0 <= self.ema_decay < 1:
             raise ParamError("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         check_sources(self.datasets, root, "datasets")
-        self.lora.check(root)
+        check_part(self.lora, root, "lora.")
 
 
 SPEC = StageSpec(__doc__, inputs=("policy", "samples"), optional=("previous",),

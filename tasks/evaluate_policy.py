@@ -19,7 +19,7 @@ from herd.training.config import TrainConfig
 # judged_after: the previous round's evaluation, read for nothing but its order (champion decisions in turn).
 SPEC = StageSpec(__doc__, inputs=("policy", "judge", "tokenizer", "corpus"), optional=("baseline", "judged_after"),
                  params={"train": TrainConfig, "task": TaskConfig, "evaluate": EvaluateConfig},
-                 headline=("val_loss_mean_len*", "task_exact_match", "win_rate_*"))
+                 headline=("task_exact_match", "win_rate_verifier"))
 
 
 def run(st: StageRun) -> None:

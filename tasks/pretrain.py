@@ -124,7 +124,7 @@ def load_teacher(distill, root: Path, vocab_size: int):
 
 SPEC = StageSpec(__doc__, inputs=("tokenizer",), params={"seed": int, "model": ModelConfig, "train": TrainConfig,
                                                          "pretrain": PretrainConfig}, distributed=True,
-                 headline=("final_loss",), plots=CURVE_PLOTS, model="base")
+                 plots=CURVE_PLOTS, model="base")
 
 
 def run(st: StageRun) -> None:

@@ -27,10 +27,10 @@ EARLIER = ("earlier_1", "earlier_2", "earlier_3")  # the committee's older membe
 
 @dataclass
 class RejectionSampleConfig:
-    prompts: int = 400
-    k: int = 4  # samples per prompt from each committee member
+    prompts: int = 600
+    k: int = 8  # samples per prompt from each committee member
     committee: int = 1  # the current policy and up to committee - 1 policies before it in the chain
-    max_new_tokens: int = 48
+    max_new_tokens: int = 32
     temperature: float = 0.8
     top_p: float = 0.95
     top_k: int = 0  # 0: off
@@ -54,8 +54,7 @@ class RejectionSampleConfig:
 
 SPEC = StageSpec(__doc__, inputs=("policy", "reward", "corpus", "filtered"), optional=EARLIER,
                  params={"seed": int, "train": TrainConfig, "task": TaskConfig,
-                         "rejection_sample": RejectionSampleConfig},
-                 headline=("best_correct_rate",))
+                         "rejection_sample": RejectionSampleConfig})
 
 
 def rank_key(sample: dict, score: str) -> tuple:
@@ -81,7 +80,7 @@ def run(st: StageRun) -> None:
     cfg, precision = st.cfg.rejection_sample, st.cfg.train.precision
     members = ["policy", *[r for r in EARLIER if r in st.inputs]][: cfg.committee]  # round 1 has one
     fmt = ChatFormat(load_tokenizer(st.input("policy") / "model"))
-    pool = prompts(st.cfg.task.kind, st.input("corpus") / "evals", read_table(st.input("filtered") / "train"))
+    pool = prompts(st.cfg.task.kind, st.input("corpus") / "evals", read_table(st.input("filtered") / "train"), "policy")
     if not pool:
         raise HerdError(f"rejection_sample found no {st.cfg.task.kind} prompts")
     # Each round draws its own prompts (a round's stage name differs).
@@ -91,13 +90,13 @@ def run(st: StageRun) -> None:
     for role in members:
         model = load_checkpoint(st.input(role) / "model")
         chat = st.upstream_manifest(role).get("model_kind") == "policy"  # a base answers in its pretraining format
-        encode = fmt.prompt if chat else fmt.base_prompt
+        encode, answer = (fmt.prompt, fmt.decode) if chat else (fmt.base_prompt, fmt.base_answer)
         outputs = generate(model, [encode(p["question"]) for p in problems], cfg.max_new_tokens, fmt.stops,
                            n=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=g,
                            precision=precision, batch_size=cfg.batch_size)
         for p, out, mine in zip(problems, outputs, samples, strict=True):
-            mine += [{"member": st.upstream_manifest(role)["stage"], "text": fmt.decode(o),
-                      "correct": verify(fmt.decode(o), p["answer"])} for o in out]
+            mine += [{"member": st.upstream_manifest(role)["stage"], "text": answer(o),
+                      "correct": verify(answer(o), p["answer"])} for o in out]
         del model
     judge = load_checkpoint(st.input("reward") / "model")
     flat = [(p["question"], s["text"]) for p, mine in zip(problems, samples, strict=True) for s in mine]
@@ -110,9 +109,12 @@ def run(st: StageRun) -> None:
         best, worst = ranked[0], ranked[-1]
         rows.append({"id": p["id"], "prompt": p["question"], "answer": p["answer"], "samples": mine,
                      "best": best["text"], "worst": worst["text"],
-                     # SFT takes a best sample the verifier accepts (when it ranks); DPO a strictly better best.
+                     # SFT takes a best sample the verifier accepts (when it ranks); DPO a right best over a
+                     # wrong worst (when the verifier ranks), else a best the reward model scores higher.
                      "accepted": best["correct"] or cfg.score == "reward",
-                     "pair": rank_key(best, cfg.score) > rank_key(worst, cfg.score) and best["text"] != worst["text"]})
+                     "pair": best["text"] != worst["text"] and (
+                         best["correct"] and not worst["correct"] if cfg.score != "reward"
+                         else best["reward"] > worst["reward"])})
     write_jsonl(rows, st.out / "samples.jsonl")
     st.metrics.update(sampling_metrics(rows, cfg.score))
     st.manifest["committee"] = [st.upstream_manifest(r)["stage"] for r in members]

@@ -1,23 +1,27 @@
-"""reward: a Bradley-Terry reward model (scalar head) on preference pairs: pairs constructed from the
-task's worked solutions (a right solution over a wrong, truncated or off-topic one) plus any
-preference data set (HH-RLHF, prompt/chosen/rejected files); one model for every criterion, as
-Llama 3. It starts from the annealed base, or, given its own size (`reward.model`), from scratch."""
+"""reward: a Bradley-Terry reward model (scalar head) on preference pairs: the base's own samples on
+the reward half of the task's prompts, right over wrong by the verifier (on-policy, as Llama 3
+collects preferences on its latest models' samples); pairs constructed from those prompts' worked
+solutions (a right solution over a wrong, truncated or off-topic one); and any preference data
+set (HH-RLHF, prompt/chosen/rejected files). One model for every criterion, as Llama 3. It starts
+from the annealed base, or, given its own size (`reward.model`), from scratch."""
 
 import json
+import random
 from dataclasses import dataclass, field
 
 import torch
 
-from herd.config import ParamError, non_negative, positive
+from herd.config import ParamError, check_part, non_negative, positive
 from herd.data.io import in_holdout, read_table, write_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
 from herd.model.export import export_model
 from herd.model.llama import Llama, LlamaConfig, load_checkpoint
 from herd.post.chat import ChatFormat
+from herd.post.generate import generate
 from herd.post.losses import bradley_terry_loss, rewards
 from herd.post.preference_data import PreferenceSource, check_sources, load_preferences
-from herd.post.task import TaskConfig, constructed_pairs, training_problems
+from herd.post.task import TaskConfig, constructed_pairs, prompts, verify
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.loop import finish, train
@@ -28,7 +32,28 @@ SIZE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")
 
 
 @dataclass
+class OnPolicyConfig:
+    """The base's samples the reward model learns from (0 prompts: none)."""
+
+    prompts: int = 600
+    k: int = 8  # samples per prompt
+    pairs_per_prompt: int = 8  # (right, wrong) pairs kept per prompt
+    max_new_tokens: int = 32
+    temperature: float = 0.8
+    top_p: float = 0.95
+
+    def check(self, root) -> None:
+        non_negative(self, "prompts", "temperature")
+        positive(self, "pairs_per_prompt", "max_new_tokens")
+        if self.k < 2:
+            raise ParamError("k", "needs at least 2 samples per prompt to pair a right and a wrong one")
+        if not 0 < self.top_p <= 1:
+            raise ParamError("top_p", f"must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
 class RewardConfig:
+    onpolicy: OnPolicyConfig = field(default_factory=OnPolicyConfig)
     pairs: int = 1500  # constructed from the task's training problems
     datasets: list[PreferenceSource] = field(default_factory=list)  # preference data sets, mixed in
     heldout_frac: float = 0.1  # pairs kept aside to measure reward accuracy
@@ -37,9 +62,9 @@ class RewardConfig:
     # (dim, n_layers, n_heads, n_kv_heads, ffn_dim) that differ from the base; it then trains from scratch.
     model: dict[str, int] = field(default_factory=dict)
     init_std: float = 0.02  # of a reward model trained from scratch
-    seq_len: int = 256
+    seq_len: int = 128
     batch_size: int = 16
-    steps: int = 100
+    steps: int = 200
     lr: float = 5e-4
     warmup_steps: int = 10
     weight_decay: float = 0.0
@@ -47,6 +72,7 @@ class RewardConfig:
 
     def check(self, root) -> None:
         check_optimization(self)
+        check_part(self.onpolicy, root, "onpolicy.")
         positive(self, "init_std")
         non_negative(self, "pairs", "margin")
         if not 0 < self.heldout_frac < 1:
@@ -58,11 +84,11 @@ class RewardConfig:
             if value < 1:
                 raise ParamError(f"model.{key}", f"must be at least 1, got {value}")
         check_sources(self.datasets, root, "datasets")
-        if not self.pairs and not self.datasets:
-            raise ParamError("pairs", "the reward model needs constructed pairs or preference datasets to train on")
+        if not self.pairs and not self.datasets and not self.onpolicy.prompts:
+            raise ParamError("pairs", "the reward model needs on-policy, constructed or data-set pairs to train on")
 
 
-SPEC = StageSpec(__doc__, inputs=("base", "filtered"),
+SPEC = StageSpec(__doc__, inputs=("base", "filtered", "corpus"),
                  params={"seed": int, "train": TrainConfig, "task": TaskConfig, "reward": RewardConfig},
                  plots=CURVE_PLOTS, model="reward", registers="reward_model")
 
@@ -90,6 +116,28 @@ def pair_accuracy(model, fmt, pairs, seq_len, precision) -> float:
     return round(correct / len(pairs), 4)
 
 
+def onpolicy_pairs(st: StageRun, fmt: ChatFormat, rows: list[dict]) -> list[dict]:
+    """The base's own samples on the reward half of the prompts, each prompt's right samples over
+    its wrong ones (the verifier's verdict)."""
+    cfg = st.cfg.reward.onpolicy
+    pool = prompts(st.cfg.task.kind, st.input("corpus") / "evals", rows, "reward")[: cfg.prompts]
+    if not pool:
+        return []
+    outputs = generate(load_checkpoint(st.input("base") / "model"), [fmt.base_prompt(p["question"]) for p in pool],
+                       cfg.max_new_tokens, fmt.stops, n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
+                       generator=torch.Generator().manual_seed(st.seed), precision=st.cfg.train.precision)
+    rng, pairs = random.Random(f"onpolicy:{st.seed}"), []
+    for problem, samples in zip(pool, outputs, strict=True):
+        texts = list(dict.fromkeys(fmt.base_answer(s) for s in samples))
+        right = [t for t in texts if verify(t, problem["answer"])]
+        wrong = [t for t in texts if not verify(t, problem["answer"])]
+        combos = [(r, w) for r in right for w in wrong]
+        for chosen, rejected in rng.sample(combos, min(cfg.pairs_per_prompt, len(combos))):
+            pairs.append({"messages": [{"role": "user", "content": problem["question"]}], "chosen": chosen,
+                          "rejected": rejected, "source": "onpolicy", "id": f"onpolicy/{problem['id']}"})
+    return pairs
+
+
 def reward_model(cfg: RewardConfig, base, seed: int) -> Llama:
     """The base with a score head, or a fresh model of the configured size."""
     if not cfg.model:
@@ -104,19 +152,24 @@ def run(st: StageRun) -> None:
     cfg = st.cfg.reward
     base = st.input("base") / "model"
     fmt = ChatFormat(load_tokenizer(base))
-    problems = training_problems(st.cfg.task.kind, read_table(st.input("filtered") / "train"))
+    rows = read_table(st.input("filtered") / "train")
+    problems = prompts(st.cfg.task.kind, st.input("corpus") / "evals", rows, "reward")
     if cfg.pairs and len(problems) < 10:
-        raise HerdError(f"reward needs {st.cfg.task.kind} problems with worked solutions in the filtered corpus; "
-                        f"found {len(problems)}")
+        raise HerdError(f"reward needs {st.cfg.task.kind} problems with worked solutions; found {len(problems)}")
     constructed = constructed_pairs(problems, cfg.pairs, st.seed) if cfg.pairs else []
     datasets, dropped = [], {}
     for source in cfg.datasets:
         rows, why = load_preferences(source, st.root)
         datasets += [{**row, "id": f"{source.path}/{i}"} for i, row in enumerate(rows)]
         dropped.update({f"dropped_{source.path}_{k}": v for k, v in why.items()})
+    onpolicy = onpolicy_pairs(st, fmt, rows)
+    sets = {"constructed": constructed, "onpolicy": onpolicy, "datasets": datasets}
     held_out = {name: [p for p in pairs if in_holdout(p["id"], cfg.heldout_frac)]
-                for name, pairs in (("constructed", constructed), ("datasets", datasets)) if pairs}
-    train_pairs = [p for p in constructed + datasets if not in_holdout(p["id"], cfg.heldout_frac)]
+                for name, pairs in sets.items() if pairs}
+    train_pairs = [p for pairs in sets.values() for p in pairs if not in_holdout(p["id"], cfg.heldout_frac)]
+    if not train_pairs:
+        raise HerdError("reward has no pairs to train on: the base got no prompt both right and wrong, and no "
+                        "constructed pairs or data sets are configured")
     model = reward_model(cfg, base, st.seed)
 
     def batch_at(step: int) -> dict:

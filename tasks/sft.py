@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from herd.config import check_part
 from herd.data.io import read_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
 from herd.model.llama import load_checkpoint
 from herd.model.lora import LoraConfig, apply_lora, count_params, merge_lora
-from herd.post.chat import ChatFormat
+from herd.post.chat import ChatFormat, seed_chat_tokens
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.lm import lm_loss
@@ -25,7 +26,7 @@ from herd.training.schedule import warmup_cosine
 class SFTConfig:
     seq_len: int = 256  # packed rows
     batch_size: int = 16  # conversations per step
-    steps: int = 60
+    steps: int = 200
     lr: float = 3e-4
     warmup_steps: int = 5
     weight_decay: float = 0.0
@@ -34,7 +35,7 @@ class SFTConfig:
 
     def check(self, root) -> None:
         check_optimization(self)
-        self.lora.check(root)
+        check_part(self.lora, root, "lora.")
 
 
 SPEC = StageSpec(__doc__, inputs=("base", "samples"), params={"seed": int, "train": TrainConfig, "sft": SFTConfig},
@@ -49,7 +50,10 @@ def run(st: StageRun) -> None:
                 for r in read_jsonl(st.input("samples") / "samples.jsonl") if r["accepted"]]
     if not examples:
         raise HerdError("sft has no examples: no rejection sample was accepted (none verified right)")
-    model = apply_lora(load_checkpoint(base), cfg.lora)
+    model = load_checkpoint(base)
+    if st.upstream_manifest("base").get("model_kind") != "policy":  # a base model has never seen the chat tokens
+        seed_chat_tokens(model, fmt)
+    model = apply_lora(model, cfg.lora)
 
     def batch_at(step: int) -> dict:
         g = torch.Generator().manual_seed(st.seed * 104729 + step)

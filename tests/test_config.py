@@ -85,7 +85,8 @@ def test_a_stage_reads_only_its_own_sections_and_ignores_the_rest(tmp_path):
 
 def test_stage_refuses_inputs_that_do_not_match_its_roles(tmp_path):
     write(tmp_path, (REPO / "params.yaml").read_text())
-    with pytest.raises(HerdError, match=r"stage 'dpo' reads the roles policy, samples, \[previous\]; it was given policy"):
+    with pytest.raises(HerdError,
+                       match=r"stage 'dpo' reads the roles policy, samples, \[previous\]; it was given policy"):
         with stage_run(dpo.SPEC, "dpo", {"policy": "sft"}, root=tmp_path):
             pass
 

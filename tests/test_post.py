@@ -1,6 +1,8 @@
 """Post-training machinery: the task and its verifier, ranking of samples, packing, DPO/IPO with
 cached reference log-probabilities, the Bradley-Terry margin, averaging across rounds."""
 
+import re
+
 import pytest
 import torch
 
@@ -122,3 +124,34 @@ def test_averaging_across_rounds_weights_each_policy():
     # tied embeddings are averaged once, not twice
     assert torch.allclose(out.model.embed_tokens.weight, states[0]["model.embed_tokens.weight"] + 0.75)
 
+
+
+@pytest.mark.parametrize("override, named", [
+    ("task.kind=poetry", "task.kind: must be one of drill, math"),
+    ("rejection_sample.score=best", "rejection_sample.score: must be one of verifier, reward, both"),
+    ("rejection_sample.top_p=0", "rejection_sample.top_p"),
+    ("dpo.loss=kto", "dpo.loss: must be one of sigmoid, ipo"),
+    ("dpo.average=median", "dpo.average"),
+    ("sft.lora.rank=-1", "sft.lora.rank"),
+    ("reward.model={depth: 3}", "reward.model.depth: is not a size of the model"),
+    ("reward.datasets=[{path: missing.jsonl}]", "reward.datasets[0].path: input file"),
+    ("evaluate.preference_files=[{path: hh.jsonl.gz, limit: 0}]", "evaluate.preference_files[0].limit"),
+])
+def test_a_bad_post_training_knob_is_named(override, named):
+    from herd.errors import HerdError
+    from herd.recipe import check_params
+
+    with pytest.raises(HerdError, match=re.escape(named)):
+        check_params(overrides=[override])
+
+
+def test_chat_tokens_start_as_the_text_they_stand_for(fmt):
+    from herd.post.chat import CHAT_TOKEN_TEXT, seed_chat_tokens
+
+    model = tiny(fmt.tok.get_vocab_size())
+    seed_chat_tokens(model, fmt)
+    emb = model.model.embed_tokens.weight
+    for token, text in CHAT_TOKEN_TEXT.items():
+        ids = fmt.tok.encode(text).ids
+        assert torch.allclose(emb[fmt.tok.token_to_id(token)], emb[ids].mean(0))
+    assert model.lm_head.weight is emb  # tied: the output row moved with it

@@ -65,7 +65,7 @@ def test_dvc_exp_show_compares_headline_metrics_of_main_and_the_experiment(exper
 
     table = dvc(experiment, "exp", "show", "--no-pager", "--md")
     header = table.splitlines()[0]
-    assert header.split("|")[1].strip() == "Experiment" and "eval_dpo.math_exact_match" in header
+    assert header.split("|")[1].strip() == "Experiment" and "eval_dpo.task_exact_match" in header
     assert "beta02" in table and "main" in table
 
 

@@ -44,12 +44,15 @@ class CorpusConfig:
 
     code_files: int = 500  # Python standard-library modules
     prose_docs: int = 1500  # passages of Python's own documentation (reference and docstrings)
-    math_problems: int = 6000  # arithmetic word problems with worked solutions
+    math_problems: int = 1000  # arithmetic word problems with worked solutions
     math_test_problems: int = 200  # held out: evals, reward accuracy, decontamination
     # Short arithmetic on small numbers, within a small model's reach: the post-training task
-    # (`post.task: drills`) samples its prompts and held-out checks from the two splits after these.
-    drills: int = 4000
-    drill_max: int = 20  # operands are 1..drill_max
+    # (`task.kind: drill`) samples its prompts and held-out checks from the two splits after these.
+    # Training drills come as worksheets of drills_per_doc problems: one drill alone is a near
+    # duplicate of every other on the same numbers, which the filter's dedup would remove.
+    drills: int = 12000
+    drills_per_doc: int = 10
+    drill_max: int = 10  # operands are 1..drill_max
     drill_prompts: int = 1200  # post-training prompts (reward model and rejection sampling)
     drill_test: int = 200  # held out: exact match and win rates of the policies
     passkey_docs: int = 150  # long documents with a pass key to retrieve
@@ -65,7 +68,7 @@ class CorpusConfig:
     def check(self, root: Path) -> None:
         non_negative(self, "code_files", "prose_docs", "math_problems", "passkey_docs", "web_pages", "drills")
         positive(self, "math_test_problems", "passkey_test_docs", "passkey_words", "drill_max", "drill_prompts",
-                 "drill_test")
+                 "drill_test", "drills_per_doc")
         for i, src in enumerate(self.sources):
             if src.domain != "auto":
                 check_domain(src.domain, f"sources[{i}].domain")
@@ -185,16 +188,21 @@ def _problem(rng: random.Random) -> tuple[str, str, int]:
     return q, f"{s} The answer is {ans}.", ans
 
 
+DRILLS = ("What is {a} {op} {b}?", "{name} asks: what is {a} {op} {b}?", "Compute {a} {op} {b}.",
+          "{name} has {a} {item} and {verb} {b}. How many now? {a} {op} {b}")
+
+
 def _drill(rng: random.Random, top: int) -> tuple[str, str, int]:
-    """One short addition or subtraction on numbers 1..top: (question, worked solution, answer)."""
-    name, item = rng.choice(NAMES), rng.choice(ITEMS)
+    """One short addition or subtraction on numbers 1..top, its operands close to the answer so
+    that a small model can read them: (question, worked solution, answer)."""
     a, b = rng.randint(1, top), rng.randint(1, top)
-    if rng.random() < 0.5:
-        q = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have?"
-        return q, f"{a} + {b} = {a + b}. The answer is {a + b}.", a + b
-    a, b = max(a, b), min(a, b)
-    q = f"{name} has {a} {item} and gives away {b}. How many {item} are left?"
-    return q, f"{a} - {b} = {a - b}. The answer is {a - b}.", a - b
+    op = rng.choice("+-")
+    if op == "-":
+        a, b = max(a, b), min(a, b)
+    ans = a + b if op == "+" else a - b
+    q = rng.choice(DRILLS).format(a=a, b=b, op=op, name=rng.choice(NAMES), item=rng.choice(ITEMS),
+                                  verb="gets" if op == "+" else "gives away")
+    return q, f"{a} {op} {b} = {ans}. The answer is {ans}.", ans
 
 
 def math_problems(n: int, seed: int, split: str, kind: str = "math", top: int = 0,
@@ -221,11 +229,15 @@ def math_problems(n: int, seed: int, split: str, kind: str = "math", top: int = 
 
 
 def drills(cfg, seed: int) -> dict[str, list[dict]]:
-    """The drills' three disjoint splits: train (pretraining documents), prompts, test."""
+    """The drills' three splits, no question in two: train (worksheets, pretraining documents),
+    prompts and test (one problem each)."""
     out, taken = {}, set()
     for split, n in (("test", cfg.drill_test), ("prompts", cfg.drill_prompts), ("train", cfg.drills)):
         out[split] = math_problems(n, seed, split, "drill", cfg.drill_max, frozenset(taken))
         taken |= {d["question"] for d in out[split]}
+    problems, k = out["train"], cfg.drills_per_doc
+    out["train"] = [{"id": f"drill/train/{i // k}", "text": "\n\n".join(p["text"] for p in problems[i : i + k]),
+                     "domain": "math", "source": "generated-drill"} for i in range(0, len(problems), k)]
     return out
 
 

@@ -88,7 +88,7 @@ class FilterConfig:
     boilerplate_eval_files: list[str] = field(default_factory=list)
     # mixing to target domain weights
     weights: dict[str, float] = field(
-        default_factory=lambda: {"web": 0.05, "prose": 0.3, "code": 0.25, "math": 0.3, "long": 0.1}
+        default_factory=lambda: {"web": 0.05, "prose": 0.25, "code": 0.2, "math": 0.4, "long": 0.1}
     )
     max_repeats: int = 1  # how often a document may enter the mix (1: no repeats)
     starved_ratio: float = 0.1  # a domain this much scarcer than the best supplied one gives all it has

@@ -22,7 +22,7 @@ class EvaluateConfig:
     math_problems: int = 60
     task_problems: int = 200  # of the post-training task's held-out problems (task.kind)
     max_new_tokens: int = 64
-    win_rate_prompts: int = 40
+    win_rate_prompts: int = 200
     # Long-context retrieval of base models: below, at and beyond the trained lengths.
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     needle_depths: int = 5  # from the start of the context to its end
@@ -55,7 +55,8 @@ def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: 
     """Share of problems whose greedy answer's final number is right (chat or base prompt format)."""
     prompts = [fmt.prompt(p["question"]) if chat else fmt.base_prompt(p["question"]) for p in problems]
     outputs = greedy(model, prompts, max_new, fmt.stops, precision)
-    hits = sum(verify(fmt.decode(o), p["answer"]) for o, p in zip(outputs, problems, strict=True))
+    answer = fmt.decode if chat else fmt.base_answer
+    hits = sum(verify(answer(o), p["answer"]) for o, p in zip(outputs, problems, strict=True))
     return round(hits / len(problems), 4)
 
 

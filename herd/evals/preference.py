@@ -16,8 +16,8 @@ def reward_accuracy(judge, fmt, pairs: list[dict], precision: str, seq_len: int 
 
 def answers(model, fmt, questions: list[str], max_new: int, precision: str, chat: bool = True) -> list[str]:
     """Greedy answers, in the chat format or (a base model) from the pretraining prompt."""
-    encode = fmt.prompt if chat else fmt.base_prompt
-    return [fmt.decode(o) for o in greedy(model, [encode(q) for q in questions], max_new, fmt.stops, precision)]
+    encode, answer = (fmt.prompt, fmt.decode) if chat else (fmt.base_prompt, fmt.base_answer)
+    return [answer(o) for o in greedy(model, [encode(q) for q in questions], max_new, fmt.stops, precision)]
 
 
 def win_rate(judge, fmt, questions: list[str], new: list[str], old: list[str], precision: str) -> float:

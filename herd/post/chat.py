@@ -44,6 +44,11 @@ class ChatFormat:
     def base_prompt(self, question: str) -> list[int]:
         return self.tok.encode(f"Question: {question}\nAnswer:").ids
 
+    def base_answer(self, ids: list[int]) -> str:
+        """A base model's answer: what it wrote up to a blank line (after which a base model goes
+        on with the next document, e.g. the next problem of a worksheet)."""
+        return self.decode(ids).split("\n\n")[0].strip()
+
     def response(self, text: str) -> list[int]:
         return [*self.tok.encode(text).ids, self.end]
 
@@ -100,3 +105,23 @@ class ChatFormat:
             target = torch.tensor(seq[1:])
             labels[i, :n] = torch.where(torch.tensor(flags[1:]), target, torch.full_like(target, IGNORE))
         return {"input_ids": ids, "labels": labels}
+
+
+# What each chat token stands for in the pretraining format a base model knows.
+CHAT_TOKEN_TEXT = {USER: "Question:", ASSISTANT: "\nAnswer:", END: "\n\n", SYSTEM: "Instructions:"}
+
+
+@torch.no_grad()
+def seed_chat_tokens(model, fmt: ChatFormat) -> None:
+    """Give the chat tokens, which pretraining never shows, the mean input embedding (and, tied or
+    not, output row) of the text they stand for, so that a base model reads the chat format as the
+    format it learnt its skills in, and ends an answer with <|end|> where it would end a paragraph;
+    untrained chat-token embeddings are a known trap of fine-tuning base models (Llama 3)."""
+    for token, text in CHAT_TOKEN_TEXT.items():
+        tid = fmt.tok.token_to_id(token)
+        if tid is None:
+            continue
+        ids = torch.tensor(fmt.tok.encode(text).ids)
+        model.model.embed_tokens.weight[tid] = model.model.embed_tokens.weight[ids].mean(0)
+        if model.lm_head.weight is not model.model.embed_tokens.weight:
+            model.lm_head.weight[tid] = model.lm_head.weight[ids].mean(0)

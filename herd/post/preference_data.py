@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from herd.config import ParamError
+from herd.config import ParamError, check_part
 from herd.data.io import is_local
 from herd.errors import HerdError
 
@@ -52,10 +52,7 @@ class PreferenceSource:
 def check_sources(sources: list[PreferenceSource], root: Path, key: str) -> None:
     """Check every source of the params list `key`, naming the failing one by its index."""
     for i, source in enumerate(sources):
-        try:
-            source.check(root)
-        except ParamError as err:
-            raise ParamError(f"{key}[{i}].{err.key}", err.why) from None
+        check_part(source, root, f"{key}[{i}].")
 
 
 def load_preferences(source: PreferenceSource, root: Path) -> tuple[list[dict], dict[str, int]]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from herd.config import ParamError
-from herd.data.io import read_jsonl
+from herd.data.io import in_holdout, read_jsonl
 
 ANSWER = re.compile(r"The answer is (-?\d+)\.")
 KINDS = ("drill", "math")
@@ -37,12 +37,13 @@ def verify(text: str, answer: str) -> bool:
     return final_answer(text) == answer
 
 
-def prompts(kind: str, evals: Path, filtered_rows: list[dict]) -> list[dict]:
+def prompts(kind: str, evals: Path, filtered_rows: list[dict], purpose: str) -> list[dict]:
     """The problems post-training samples on: the drills' prompt split, or the distinct word
-    problems of the filtered training corpus (the mixer may repeat documents)."""
-    if kind == "drill":
-        return read_jsonl(evals / "drill_prompts.jsonl")
-    return training_problems(kind, filtered_rows)
+    problems of the filtered training corpus (the mixer may repeat documents); half of them (by a
+    stable hash) for the reward model's on-policy pairs, the other half for the policy, so the
+    reward model is judged on samples of prompts it never saw."""
+    pool = read_jsonl(evals / "drill_prompts.jsonl") if kind == "drill" else training_problems(kind, filtered_rows)
+    return [p for p in pool if in_holdout(f"reward:{p['id']}", 0.5) == (purpose == "reward")]
 
 
 def test_problems(kind: str, evals: Path) -> list[dict]:

@@ -99,7 +99,11 @@ def holder(name: str, alias: str):
 
 def checkpoint_of(name: str, version: str) -> Path:
     """The Herd checkpoint folder inside a registered version (downloaded when the store is remote)."""
-    return Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}")) / "artifacts" / "checkpoint"
+    import yaml
+
+    root = Path(mlflow.artifacts.download_artifacts(f"models:/{name}/{version}"))
+    flavor = yaml.safe_load((root / "MLmodel").read_text())["flavors"]["python_function"]
+    return root / flavor["artifacts"]["checkpoint"]["path"]
 
 
 def crown(name: str, version: str, alias: str, promote: bool, tags: dict[str, str]) -> None:
