@@ -54,7 +54,7 @@ class CorpusConfig:
     drills_per_doc: int = 10
     drill_max: int = 10  # operands are 1..drill_max
     drill_prompts: int = 1200  # post-training prompts (reward model and rejection sampling)
-    drill_test: int = 200  # held out: exact match and win rates of the policies
+    drill_test: int = 500  # held out: exact match and win rates of the policies
     passkey_docs: int = 150  # long documents with a pass key to retrieve
     passkey_test_docs: int = 30
     passkey_words: int = 600  # length of each passkey document in words

@@ -20,9 +20,9 @@ class EvaluateConfig:
     short_seq_len: int = 256  # losses of every base model at the pretraining context ...
     long_seq_len: int = 1024  # ... and, on long documents and generated tasks, at the extended one
     math_problems: int = 60
-    task_problems: int = 200  # of the post-training task's held-out problems (task.kind)
+    task_problems: int = 500  # of the post-training task's held-out problems (task.kind)
     max_new_tokens: int = 64
-    win_rate_prompts: int = 200
+    win_rate_prompts: int = 500
     # Long-context retrieval of base models: below, at and beyond the trained lengths.
     context_lengths: list[int] = field(default_factory=lambda: [256, 512, 1024, 2048])
     needle_depths: int = 5  # from the start of the context to its end
