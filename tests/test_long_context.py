@@ -15,7 +15,7 @@ from herd.data.long_tasks import TASKS, TaskMaker, TaskRows
 from herd.evals.answers import answer_scores
 from herd.evals.long_context import grid_metrics, needle_grid
 from herd.model.llama import Llama, LlamaConfig
-from herd.post.generate import sample
+from herd.post.generate import greedy
 from tests.conftest import kill_once_written, project_env, set_param
 
 
@@ -69,10 +69,10 @@ def test_retrieval_is_what_greedy_decoding_produces(maker):
     tasks = [maker.make(kind, 256, 0.3, random.Random(i)) for i, kind in enumerate(TASKS * 3)]
     # Make some tasks right by construction: an answer equal to the model's own greedy continuation.
     for t in tasks[::2]:
-        t.answer = sample(model, t.prompt, 1, len(t.answer), 0.0, 0, (), precision="fp32")[0]
+        t.answer = greedy(model, [t.prompt], len(t.answer), (), precision="fp32")[0]
     hits, losses = answer_scores(model, [(t.prompt, t.answer) for t in tasks], "fp32")
-    greedy = [sample(model, t.prompt, 1, len(t.answer), 0.0, 0, (), precision="fp32")[0] == t.answer for t in tasks]
-    assert hits == greedy and any(hits) and not all(hits)
+    free = [greedy(model, [t.prompt], len(t.answer), (), precision="fp32")[0] == t.answer for t in tasks]
+    assert hits == free and any(hits) and not all(hits)
     assert all(np.isfinite(losses))
 
 

@@ -33,9 +33,11 @@ def tiny(vocab: int) -> Llama:
 
 def test_drill_splits_are_disjoint_and_their_solutions_verify():
     splits = corpus.drills(corpus.CorpusConfig(drills=500, drill_prompts=100, drill_test=50, drill_max=10), 0)
-    questions = {name: {d["question"] for d in docs} for name, docs in splits.items()}
-    assert not (questions["train"] & questions["test"]) and not (questions["prompts"] & questions["test"])
-    assert not (questions["train"] & questions["prompts"])
+    assert len(splits["train"]) == 50  # worksheets of drills_per_doc problems
+    trained = {q.split("\n")[0] for doc in splits["train"] for q in doc["text"].split("Question: ")[1:]}
+    assert len(trained) == 500
+    held = [{d["question"] for d in splits[name]} for name in ("prompts", "test")]
+    assert not (trained & held[0]) and not (trained & held[1]) and not (held[0] & held[1])
     for doc in splits["test"]:
         assert verify(doc["solution"], doc["answer"]) and eval(doc["solution"].split("=")[0]) == int(doc["answer"])
 
@@ -155,3 +157,13 @@ def test_chat_tokens_start_as_the_text_they_stand_for(fmt):
         ids = fmt.tok.encode(text).ids
         assert torch.allclose(emb[fmt.tok.token_to_id(token)], emb[ids].mean(0))
     assert model.lm_head.weight is emb  # tied: the output row moved with it
+
+
+def test_the_reward_model_and_the_policy_sample_disjoint_halves_of_the_prompts(tmp_path):
+    from herd.data.io import write_jsonl
+    from herd.post.task import prompts
+
+    write_jsonl(corpus.math_problems(400, 0, "prompts", "drill", 10), tmp_path / "drill_prompts.jsonl")
+    reward, policy = (prompts("drill", tmp_path, [], purpose) for purpose in ("reward", "policy"))
+    assert {p["id"] for p in reward}.isdisjoint(p["id"] for p in policy) and len(reward) + len(policy) == 400
+    assert 150 < len(reward) < 250

@@ -179,7 +179,7 @@ def test_transformers_alone_generates_what_herd_samples_from_the_exported_policy
     from herd.data.tokens import load_tokenizer
     from herd.model.llama import load_checkpoint
     from herd.post.chat import ChatFormat
-    from herd.post.generate import sample
+    from herd.post.generate import greedy
 
     folder = pipeline_project / "artifacts" / "dpo" / "model"
     fmt, model = ChatFormat(load_tokenizer(folder)), load_checkpoint(folder)
@@ -189,6 +189,6 @@ def test_transformers_alone_generates_what_herd_samples_from_the_exported_policy
         inputs = tok.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
                                          return_dict=True, return_tensors="pt")
         assert inputs["input_ids"][0].tolist() == fmt.prompt(question)
-        herd_ids = sample(model, fmt.prompt(question), 1, 48, 0.0, 0, fmt.stops, precision="fp32")[0]
+        herd_ids = greedy(model, [fmt.prompt(question)], 48, fmt.stops, precision="fp32")[0]
         hf_ids = hf.generate(**inputs, max_new_tokens=48)[0, inputs["input_ids"].shape[1]:].tolist()
         assert hf_ids == herd_ids  # a stop, where the tiny policy makes one, included (tests/test_export.py forces one)

@@ -77,8 +77,8 @@ class ReportConfig:
     """When a difference between two models is an effect: within the band it is "no effect"."""
 
     loss_noise: float = 0.01  # relative: losses of different stages and contexts differ in scale
-    # absolute: accuracy, exact match, win rate; two standard errors of a rate near 0.5 on ~100 items
-    rate_noise: float = 0.1
+    # absolute: accuracy, exact match, win rate; two standard errors of a rate near 0.5 on ~400 items
+    rate_noise: float = 0.05
 
     def check(self, root) -> None:
         fraction(self, "loss_noise", "rate_noise")
