@@ -80,7 +80,7 @@ def test_adapters_train_alone_and_merge_into_an_exportable_llama(tmp_path, tok, 
 
     tokens_dir = tmp_path / "tokenizer"
     save_tokenizer(tok, tokens_dir)
-    st = SimpleNamespace(name="sft", out=tmp_path / "sft", run_id="run-sft", metrics={},
+    st = SimpleNamespace(name="sft", out=tmp_path / "sft", run_id="run-sft", metrics={}, manifest={},
                          recipe_params={"lora": asdict(cfg)}, lineage=dict)
     folder = export_model(st, model, tokens_dir, "policy")
     hf = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
