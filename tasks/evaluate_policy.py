@@ -19,7 +19,7 @@ from herd.training.config import TrainConfig
 # judged_after: the previous round's evaluation, read for nothing but its order (champion decisions in turn).
 SPEC = StageSpec(__doc__, inputs=("policy", "judge", "tokenizer", "corpus"), optional=("baseline", "judged_after"),
                  params={"train": TrainConfig, "task": TaskConfig, "evaluate": EvaluateConfig},
-                 headline=("task_exact_match", "win_rate_verifier"))
+                 headline=("val_loss_mean_len*", "task_exact_match"))
 
 
 def run(st: StageRun) -> None:
@@ -31,7 +31,7 @@ def run(st: StageRun) -> None:
     problems = test_problems(st.cfg.task.kind, st.input("corpus") / "evals")
     if "baseline" in st.inputs:
         compare(st, fmt, policy, problems[: cfg.win_rate_prompts])
-    gate_champion(st, fmt, problems[: cfg.task_problems])
+    gate_champion(st, problems[: cfg.task_problems])
 
 
 def compare(st: StageRun, fmt: ChatFormat, policy, problems: list[dict]) -> None:
@@ -53,7 +53,7 @@ def compare(st: StageRun, fmt: ChatFormat, policy, problems: list[dict]) -> None
     (st.out / "examples.json").write_text(json.dumps(examples[:10], indent=2) + "\n")
 
 
-def gate_champion(st: StageRun, fmt: ChatFormat, problems: list[dict]) -> None:
+def gate_champion(st: StageRun, problems: list[dict]) -> None:
     """Move the registry alias to this policy's version only if it beats the champion."""
     tcfg = st.cfg.runtime.tracking
     if not tcfg.register:
@@ -67,9 +67,10 @@ def gate_champion(st: StageRun, fmt: ChatFormat, problems: list[dict]) -> None:
     champion = registry.holder(tcfg.policy_model, tcfg.alias)
     if champion is None or champion.version == version.version:
         best = None
-    else:
-        model = load_checkpoint(registry.checkpoint_of(tcfg.policy_model, champion.version))
-        best = math_exact_match(model, fmt, problems, True, st.cfg.evaluate.max_new_tokens, st.cfg.train.precision)
+    else:  # the champion may come from another run, with its own tokenizer
+        folder = registry.checkpoint_of(tcfg.policy_model, champion.version)
+        best = math_exact_match(load_checkpoint(folder), ChatFormat(load_tokenizer(folder)), problems, True,
+                                st.cfg.evaluate.max_new_tokens, st.cfg.train.precision)
     promote = best is None or score > best
     registry.crown(tcfg.policy_model, version.version, tcfg.alias, promote, {
         "herd.champion.decision": "promoted" if promote else "kept",

@@ -121,7 +121,7 @@ EVALS = ("evaluate_base", "evaluate_reward", "evaluate_policy")
     ("tasks/dpo.py", of_tasks("dpo")),
     ("herd/data/minhash.py", ["filter"]),
     ("herd/evals/measures.py", of_tasks(*EVALS)),
-    ("herd/post/generate.py", of_tasks("rejection_sample", *EVALS)),
+    ("herd/post/generate.py", of_tasks("reward", "rejection_sample", *EVALS)),  # reward samples the base
     ("herd/evals/long_context.py", ["extend", "extend_control", *BASE_EVALS]),
     # reward scoring: sampling, and the evaluations that need a judge (not the base models')
     ("herd/post/scoring.py", of_tasks("rejection_sample", "evaluate_reward", "evaluate_policy")),
