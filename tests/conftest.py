@@ -119,3 +119,14 @@ def stage_lines(proc: subprocess.CompletedProcess) -> dict[str, str]:
             parts = line.split()
             out[parts[1]] = parts[2]
     return out
+
+
+def descendants(names: list[str]) -> list[str]:
+    """`names` and every stage downstream of them, in the recipe order of this repository's params."""
+    from herd.recipe import stages
+
+    out: list[str] = []
+    for s in stages(REPO):
+        if s.name in names or any(up in out for up in s.upstream):
+            out.append(s.name)
+    return out

@@ -11,20 +11,12 @@ import time
 import pytest
 
 from herd.recipe import stages
-from tests.conftest import REPO, kill_once_written, project_env, run_flow, set_param, stage_lines
+from tests.conftest import REPO, descendants, kill_once_written, project_env, run_flow, set_param, stage_lines
 
 pytestmark = pytest.mark.slow
 
 ALL = [s.name for s in stages(REPO)]  # tiny.yaml keeps the default number of rounds
 
-
-def downstream(names: list[str]) -> list[str]:
-    """`names` and every stage after them, in recipe order."""
-    out: list[str] = []
-    for s in stages(REPO):
-        if s.name in names or any(up in out for up in s.upstream):
-            out.append(s.name)
-    return out
 
 
 def mlflow_client(project):
@@ -74,7 +66,7 @@ def test_second_run_skips_every_stage(pipeline_project):
 def test_param_changes_rerun_exactly_their_descendants(pipeline_project):
     set_param(pipeline_project, "dpo.beta", 0.2)
     ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
-    assert sorted(ran) == sorted(downstream(["dpo", "dpo_r2"]))  # the next round samples from dpo's policy
+    assert sorted(ran) == sorted(descendants(["dpo", "dpo_r2"]))  # the next round samples from dpo's policy
     assert "sft" not in ran and "reward" not in ran
 
     set_param(pipeline_project, "runtime.train.log_every", 3)

@@ -11,16 +11,7 @@ import yaml
 
 from herd.orchestration import dvc
 from herd.recipe import schemas, stages
-from tests.conftest import REPO, make_project, project_env, set_param
-
-
-def descendants(names: list[str]) -> list[str]:
-    """`names` and every stage downstream of them, in recipe order."""
-    out: list[str] = []
-    for s in stages(REPO):
-        if s.name in names or any(up in out for up in s.upstream):
-            out.append(s.name)
-    return out
+from tests.conftest import REPO, descendants, make_project, project_env, set_param
 
 
 def of_tasks(*tasks: str) -> list[str]:

@@ -143,12 +143,13 @@ def test_serve_answers_on_loopback(pipeline_project):
 
 
 def test_dvc_exp_runs_are_grouped_in_mlflow_under_the_experiment(experiment):
-    from tests.test_pipeline import downstream, mlflow_client
+    from tests.conftest import descendants
+    from tests.test_pipeline import mlflow_client
 
     client = mlflow_client(experiment)
     runs = client.search_runs([client.get_experiment_by_name("herd").experiment_id], "tags.`herd.dvc_exp` = 'beta02'")
     stages = {r.data.tags["herd.stage"]: r for r in runs if "herd.group" not in r.data.tags}
-    assert set(stages) == set(downstream(["dpo", "dpo_r2"]))  # what the experiment reran
+    assert set(stages) == set(descendants(["dpo", "dpo_r2"]))  # what the experiment reran
     parent = client.get_run(stages["dpo"].data.tags["mlflow.parentRunId"])
     assert parent.info.run_name == "dvc exp run beta02"
     assert {r.data.tags["mlflow.parentRunId"] for r in stages.values()} == {parent.info.run_id}
