@@ -25,7 +25,7 @@ from herd.training.anneal import AnnealConfig
 
 @dataclass
 class PostConfig:
-    rounds: int = 1  # rejection_sample -> sft -> dpo, repeated; each round samples from the last policy
+    rounds: int = 1  # rejection_sample -> sft -> dpo_pairs -> dpo, repeated; each round samples from the last policy
 
     def check(self, root) -> None:
         if self.rounds < 1:
@@ -89,19 +89,22 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ..
     evals = [Stage(f"eval_{model}", "evaluate_base", (("model", model), *inputs), tuple(eval_files)) for model in bases]
     evals.append(stage("eval_reward", "evaluate_reward", reward="reward", corpus="corpus"))
     # Post-training rounds (Llama 3): each samples from the last round's policy (the annealed base
-    # first), fine-tunes it on the best samples, then runs DPO on best vs worst; a committee may also
-    # sample from the policies before it (AFM), and DPO may average with the previous round's policy.
+    # first) and fine-tunes it on the best samples, then samples the fine-tuned policy for DPO's
+    # pairs, so they are its own (DPO on another model's samples made this task's policy worse); a
+    # committee may also sample from the policies before it (AFM), and DPO may average with the
+    # previous round's policy.
     chain = ["anneal"]
     for r in range(1, rounds + 1):
         suffix = "" if r == 1 else f"_r{r}"
-        samples, sft, dpo = f"rejection_sample{suffix}", f"sft{suffix}", f"dpo{suffix}"
+        samples, sft, pairs, dpo = f"rejection_sample{suffix}", f"sft{suffix}", f"dpo_pairs{suffix}", f"dpo{suffix}"
         earlier = {f"earlier_{i}": model for i, model in enumerate(reversed(chain[:-1][-3:]), 1)}
         previous = {"previous": chain[-1]} if r > 1 else {}
         stages += [
             stage(samples, "rejection_sample", policy=chain[-1], reward="reward", corpus="corpus", filtered="filter",
                   **earlier),
             stage(sft, "sft", base=chain[-1], samples=samples),
-            stage(dpo, "dpo", policy=sft, samples=samples, **previous),
+            stage(pairs, "rejection_sample", policy=sft, reward="reward", corpus="corpus", filtered="filter"),
+            stage(dpo, "dpo", policy=sft, samples=pairs, **previous),
         ]
         evals += [
             stage(f"eval_{sft}", "evaluate_policy", policy=sft, judge="reward", tokenizer="tokenizer", corpus="corpus",

@@ -1,7 +1,8 @@
 """dpo: Direct Preference Optimization of the SFT policy, the SFT policy itself as the frozen
-reference (its log-probabilities computed once per pair, before training); pairs are each prompt's
-best vs worst rejection sample, plus any preference data set. Optionally IPO, an NLL term on the
-chosen response (Llama 3), LoRA/DoRA, and averaging with the previous round's policy."""
+reference (its log-probabilities computed once per pair, before training). Pairs are on-policy: the
+recipe samples them from this SFT policy (each prompt's best sample over every distinct sample that
+loses to it), plus any preference data set. Optionally IPO, an NLL term on the chosen response
+(Llama 3), LoRA/DoRA, and averaging with the previous round's policy."""
 
 from dataclasses import dataclass, field
 
@@ -42,8 +43,8 @@ class DPOConfig:
     ema_decay: float = 0.5
     seq_len: int = 256
     batch_size: int = 8
-    steps: int = 40
-    lr: float = 5e-5
+    steps: int = 200
+    lr: float = 1e-5
     warmup_steps: int = 5
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -70,20 +71,21 @@ SPEC = StageSpec(__doc__, inputs=("policy", "samples"), optional=("previous",),
 
 def preference_pairs(st: StageRun, fmt: ChatFormat) -> list[tuple[list[int], list[int], list[int]]]:
     """(prompt, chosen, rejected) ids: on-policy pairs, then the preference data sets'."""
-    pairs = [(fmt.prompt(r["prompt"]), fmt.response(r["best"]), fmt.response(r["worst"]))
-             for r in read_jsonl(st.input("samples") / "samples.jsonl") if r["pair"]]
+    pairs = [(fmt.prompt(r["prompt"]), fmt.response(r["best"]), fmt.response(rejected))
+             for r in read_jsonl(st.input("samples") / "samples.jsonl") for rejected in r["rejected"]]
     st.metrics["onpolicy_pairs"] = len(pairs)
     for source in st.cfg.dpo.datasets:
         rows, _ = load_preferences(source, st.root)
         pairs += [(fmt.render(r["messages"]), fmt.response(r["chosen"]), fmt.response(r["rejected"])) for r in rows]
     if not pairs:
-        raise HerdError("dpo has no pairs: no prompt's best rejection sample beat its worst, and no dataset is set")
+        raise HerdError("dpo has no pairs: no prompt's best sample beat another, and no dataset is set")
     return pairs
 
 
 def pair_batch(fmt: ChatFormat, pairs: list, seq_len: int) -> dict:
-    """Chosen rows first, then rejected rows."""
-    return fmt.batch([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], seq_len)
+    """Chosen rows first, then rejected rows, padded to the longest (at most seq_len)."""
+    rows = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
+    return fmt.batch(rows, min(seq_len, max(len(p) + len(r) for p, r in rows) - 1))
 
 
 @torch.no_grad()

@@ -1,10 +1,11 @@
 """rejection_sample: K samples per prompt from the current policy (or a committee of it and the
 policies before it, as AFM), each checked by the verifier and scored by the reward model; the best
-becomes SFT data, best vs worst a DPO pair (Llama 3's post-training loop). Records how much
-best-of-K gains over a random sample, and the reward model's accuracy on these on-policy samples
-(prompts it never saw)."""
+becomes SFT data, and the best over each distinct sample that loses to it a DPO pair (Llama 3's
+post-training loop). Records how much best-of-K gains over a random sample, and the reward model's
+accuracy on these on-policy samples (prompts it never saw)."""
 
 import random
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +66,20 @@ def rank_key(sample: dict, score: str) -> tuple:
     return sample["correct"], sample["reward"]
 
 
+def losers(ranked: list[dict], score: str) -> list[str]:
+    """The distinct samples that lose to the best on what ranks first (the verifier's verdict, or
+    the reward alone), the most frequent first: every mistake the policy makes is pushed down, not
+    only its worst. A single rejected answer per prompt moves the probability it loses onto the
+    answers beside it (on this task, off by one the other way)."""
+    best = ranked[0]
+    if score == "reward":
+        lost = [s for s in ranked if s["reward"] < best["reward"]]
+    else:
+        lost = [s for s in ranked if best["correct"] and not s["correct"]]
+    counts = Counter(s["text"] for s in lost)
+    return sorted(counts, key=lambda text: -counts[text])
+
+
 def onpolicy_accuracy(rows: list[dict]) -> tuple[float | None, int]:
     """How often the reward model scores a right sample above a wrong one of the same prompt."""
     wins = pairs = 0
@@ -106,15 +121,12 @@ def run(st: StageRun) -> None:
         for s in mine:
             s["reward"] = round(next(scores), 4)
         ranked = sorted(mine, key=lambda s: rank_key(s, cfg.score), reverse=True)
-        best, worst = ranked[0], ranked[-1]
+        best = ranked[0]
         rows.append({"id": p["id"], "prompt": p["question"], "answer": p["answer"], "samples": mine,
-                     "best": best["text"], "worst": worst["text"],
-                     # SFT takes a best sample the verifier accepts (when it ranks); DPO a right best over a
-                     # wrong worst (when the verifier ranks), else a best the reward model scores higher.
-                     "accepted": best["correct"] or cfg.score == "reward",
-                     "pair": best["text"] != worst["text"] and (
-                         best["correct"] and not worst["correct"] if cfg.score != "reward"
-                         else best["reward"] > worst["reward"])})
+                     # SFT takes a best sample the verifier accepts (when it ranks); DPO pairs it with each
+                     # sample it beats.
+                     "best": best["text"], "accepted": best["correct"] or cfg.score == "reward",
+                     "rejected": losers(ranked, cfg.score)})
     write_jsonl(rows, st.out / "samples.jsonl")
     st.metrics.update(sampling_metrics(rows, cfg.score))
     st.manifest["committee"] = [st.upstream_manifest(r)["stage"] for r in members]
@@ -135,7 +147,7 @@ def sampling_metrics(rows: list[dict], score: str) -> dict:
         "mean_reward": round(sum(s["reward"] for s in every) / len(every), 4),
         "reward_onpolicy_pairs": pairs,
         "sft_examples": sum(row["accepted"] for row in rows),
-        "dpo_pairs": sum(row["pair"] for row in rows),
+        "dpo_pairs": sum(len(row["rejected"]) for row in rows),
     }
     if accuracy is not None:
         metrics["reward_onpolicy_accuracy"] = accuracy

@@ -1,5 +1,5 @@
-"""Every failure clear, prompt and recorded: malformed params stop `herd run` before any work with
-one line naming the key; unreadable source records are counted rejects with their line; local
+"""Every failure clear, prompt and recorded: a malformed param is refused with one line naming its
+key, and stops `herd run` before any work; unreadable source records are counted rejects with their line; local
 sources are dependencies; a second `herd run` on a checkout is refused, naming the first."""
 
 import gzip
@@ -16,6 +16,7 @@ from herd.data.io import load_source, read_records
 from herd.errors import HerdError
 from herd.orchestration import dvc
 from herd.orchestration.session import exclusive_run
+from herd.recipe import check_params
 from tests.conftest import make_project, project_env, set_param
 
 BAD_PARAMS = [
@@ -68,6 +69,19 @@ def project(tmp_path_factory):
 
 
 @pytest.mark.parametrize("key, value, named", BAD_PARAMS, ids=[k for k, _, _ in BAD_PARAMS])
+def test_malformed_param_is_refused_naming_its_key(project, key, value, named):
+    original = (project / "params.yaml").read_text()
+    try:
+        set_param(project, key, value)
+        with pytest.raises(HerdError) as err:
+            check_params(project)
+    finally:
+        (project / "params.yaml").write_text(original)
+    assert str(err.value).startswith(f"params.yaml: {named}: ") and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("key, value, named", [BAD_PARAMS[0], BAD_PARAMS[11], BAD_PARAMS[-1]],
+                         ids=["pretrain", "unknown-key", "runtime"])
 def test_malformed_param_stops_herd_run_before_any_work(project, key, value, named):
     original = (project / "params.yaml").read_text()
     try:

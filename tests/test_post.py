@@ -63,7 +63,7 @@ def test_sampling_metrics_count_best_of_k_against_a_random_sample():
             for row in ([(True, 2.0), (False, 1.0)], [(False, 0.0), (False, 1.0)], [(True, -1.0), (False, 0.5)])]
     for row in rows:
         row["accepted"] = any(s["correct"] for s in row["samples"])
-        row["pair"] = True
+        row["rejected"] = ["wrong"]
     m = sampling_metrics(rows, "both")
     assert m["random_correct_rate"] == round(2 / 6, 4)
     assert m["best_of_k_verifier_correct_rate"] == round(2 / 3, 4) == m["best_correct_rate"]

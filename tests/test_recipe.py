@@ -202,14 +202,16 @@ def test_dpo_beta_reruns_only_the_dpo_stages_what_follows_them_and_their_evaluat
 def test_another_round_adds_only_its_stages(restore):
     set_param(restore, "post.rounds", 3)
     write_stub_dvc_yaml(restore)
-    round_three = ["rejection_sample_r3", "sft_r3", "dpo_r3", "eval_sft_r3", "eval_dpo_r3"]
+    round_three = ["rejection_sample_r3", "sft_r3", "dpo_pairs_r3", "dpo_r3", "eval_sft_r3", "eval_dpo_r3"]
     # The report gathers every evaluation, so it gains the round's two.
     assert dvc.would_run(restore) == round_three + ["report"]
     graph = dvc.graph(restore)
     # Round 3 samples from round 2's policy, its committee reaching back to the policies before it.
     assert set(graph["rejection_sample_r3"]) == {"corpus", "filter", "reward", "dpo_r2", "dpo", "anneal"}
     assert set(graph["sft_r3"]) == {"dpo_r2", "rejection_sample_r3"}
-    assert set(graph["dpo_r3"]) == {"sft_r3", "rejection_sample_r3", "dpo_r2"}  # averaged with the previous policy
+    # DPO's pairs are the fine-tuned policy's own samples; it is averaged with the previous policy.
+    assert set(graph["dpo_pairs_r3"]) == {"corpus", "filter", "reward", "sft_r3"}
+    assert set(graph["dpo_r3"]) == {"sft_r3", "dpo_pairs_r3", "dpo_r2"}
 
 
 def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):

@@ -60,11 +60,12 @@ DOES = {
               "average of its last checkpoints. Judged against its control, the same run on the general mix.",
     "anneal_probe": "A data-value probe: annealing with part of the general mix replaced by a candidate mix, "
                     "judged against the anneal control.",
-    "reward": "A Bradley-Terry reward model, trained to prefer right worked solutions over wrong, truncated or "
-              "off-topic ones (and on any preference data set).",
+    "reward": "A Bradley-Terry reward model, trained to prefer the base's right samples over its wrong ones, and "
+              "right worked solutions over wrong, truncated or off-topic ones (and on any preference data set).",
     "sft": "Supervised fine-tuning of the current policy (the annealed base in round 1), in the chat format, on "
            "the best of K answers it sampled per prompt, as ranked by the verifier and the reward model.",
-    "dpo": "Direct Preference Optimization of the SFT policy on each prompt's best versus worst sampled answer.",
+    "dpo": "Direct Preference Optimization of the SFT policy on its own samples: each prompt's best answer over "
+           "every distinct answer that loses to it.",
 }
 SETTINGS = {"seq_len": "context {} tokens", "steps": "{} steps", "lr": "peak learning rate {}",
             "batch_size": "batch {}", "rope_base": "RoPE base {}", "beta": "β {}", "mix": "mix {}",
@@ -202,7 +203,8 @@ def kind(stage: str) -> str:
 
 def section(stage: str) -> str:
     """The params section a training stage reads: a control's or probe's is its stage's."""
-    return {"anneal_probe": "anneal", "anneal_control": "anneal"}.get(kind(stage), kind(stage))
+    return {"anneal_probe": "anneal", "anneal_control": "anneal", "dpo_pairs": "rejection_sample"}.get(kind(stage),
+                                                                                                         kind(stage))
 
 
 # ---------------------------------------------------------------- verdicts
