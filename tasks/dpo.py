@@ -83,9 +83,8 @@ def preference_pairs(st: StageRun, fmt: ChatFormat) -> list[tuple[list[int], lis
 
 
 def pair_batch(fmt: ChatFormat, pairs: list, seq_len: int) -> dict:
-    """Chosen rows first, then rejected rows, padded to the longest (at most seq_len)."""
-    rows = [(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs]
-    return fmt.batch(rows, min(seq_len, max(len(p) + len(r) for p, r in rows) - 1))
+    """Chosen rows first, then rejected rows."""
+    return fmt.batch([(p, c) for p, c, _ in pairs] + [(p, r) for p, _, r in pairs], seq_len)
 
 
 @torch.no_grad()

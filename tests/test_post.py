@@ -15,7 +15,7 @@ from herd.post.losses import bradley_terry_loss, dpo_loss, sequence_logprobs
 from herd.post.task import constructed_pairs, final_answer, verify
 from herd.training.averaging import averaged
 from tasks.dpo import pair_batch, reference_logprobs
-from tasks.rejection_sample import rank_key, sampling_metrics
+from tasks.rejection_sample import losers, rank_key, sampling_metrics
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +56,31 @@ def test_ranking_puts_verified_samples_first_and_the_reward_breaks_ties():
     assert max(samples, key=lambda s: rank_key(s, "both")) is samples[2]
     assert max(samples, key=lambda s: rank_key(s, "reward")) is samples[0]
     assert max(samples, key=lambda s: rank_key(s, "verifier"))["correct"]
+
+
+def test_dpo_rejects_every_distinct_loser_most_frequent_first():
+    texts = [("4 + 4 = 8.", True, 0.1), ("4 + 4 = 9.", False, 0.9), ("4 + 4 = 7.", False, -1.0),
+             ("4 + 4 = 9.", False, 0.9), ("4 + 4 = 8.", True, 0.3), ("4 - 4 = 0.", False, 0.2)]
+    samples = [{"text": t, "correct": c, "reward": r} for t, c, r in texts]
+    ranked = sorted(samples, key=lambda s: rank_key(s, "both"), reverse=True)
+    assert ranked[0]["text"] == "4 + 4 = 8."
+    # The near miss the policy makes twice first; the other right sample is no loser.
+    assert losers(ranked, "both")[0] == "4 + 4 = 9." and set(losers(ranked, "both")) == {
+        "4 + 4 = 9.", "4 + 4 = 7.", "4 - 4 = 0."}
+    ranked = sorted(samples, key=lambda s: rank_key(s, "reward"), reverse=True)
+    assert losers(ranked, "reward") == ["4 + 4 = 8.", "4 - 4 = 0.", "4 + 4 = 7."]  # by reward alone
+    wrong = [s for s in samples if not s["correct"]]
+    assert losers(sorted(wrong, key=lambda s: rank_key(s, "both"), reverse=True), "both") == []  # nothing beats
+
+
+def test_batches_are_padded_to_their_longest_row_within_the_limit(fmt):
+    short = [(fmt.prompt("What is 1 + 1?"), fmt.response("2."))] * 2
+    longer = short + [(fmt.prompt("What is 10 + 10 + 10?"), fmt.response("10 + 10 + 10 = 30."))]
+    n = len(longer[-1][0]) + len(longer[-1][1])
+    assert fmt.batch(short, 64)["input_ids"].shape[1] == len(short[0][0]) + len(short[0][1]) - 1
+    assert fmt.batch(longer, 64)["input_ids"].shape[1] == n - 1 and fmt.batch(longer, 8)["input_ids"].shape[1] == 8
+    assert fmt.conversations(longer, 64)["input_ids"].shape[1] == n
+    assert fmt.conversations(longer, 8)["last"].tolist() == [7, 7, 7]
 
 
 def test_sampling_metrics_count_best_of_k_against_a_random_sample():

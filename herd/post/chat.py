@@ -56,10 +56,12 @@ class ChatFormat:
         return self.tok.decode([i for i in ids if i not in self.stops]).strip()
 
     def conversations(self, pairs: list[tuple[list[int], list[int]]], max_len: int) -> dict:
-        """Whole conversations (prompt + response, the closing <|end|> included), right-padded,
-        with each row's last index: what a reward model reads and scores at its last token, the
-        same input as the chat template's rendering of the conversation. A conversation longer
-        than max_len loses its beginning: the response and its end are what is judged."""
+        """Whole conversations (prompt + response, the closing <|end|> included), right-padded to
+        the longest (at most max_len), with each row's last index: what a reward model reads and
+        scores at its last token, the same input as the chat template's rendering of the
+        conversation. A conversation longer than max_len loses its beginning: the response and its
+        end are what is judged."""
+        max_len = min(max_len, max(len(p) + len(r) for p, r in pairs))
         ids = torch.full((len(pairs), max_len), self.pad, dtype=torch.long)
         last = torch.zeros(len(pairs), dtype=torch.long)
         for i, (prompt, response) in enumerate(pairs):
@@ -69,7 +71,9 @@ class ChatFormat:
         return {"input_ids": ids, "last": last}
 
     def batch(self, pairs: list[tuple[list[int], list[int]]], max_len: int) -> dict:
-        """Right-padded input ids, labels on response tokens only, and each row's last index."""
+        """Input ids right-padded to the longest row (at most max_len), labels on response tokens
+        only, and each row's last index."""
+        max_len = min(max_len, max(len(p) + len(r) for p, r in pairs) - 1)
         ids = torch.full((len(pairs), max_len), self.pad, dtype=torch.long)
         labels = torch.full((len(pairs), max_len), IGNORE, dtype=torch.long)
         last = torch.zeros(len(pairs), dtype=torch.long)

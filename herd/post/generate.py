@@ -26,6 +26,12 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
 
 
+def next_logits(model, ids: torch.Tensor, cache, start: int, pad: torch.Tensor | None) -> torch.Tensor:
+    """Logits of the token after each row's last: the head reads the last position alone (over a
+    whole prompt, the vocabulary projection of every position would cost more than the layers)."""
+    return model.lm_head(model.hidden(ids, cache, start, pad)[:, -1]).float()
+
+
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: tuple[int, ...],
                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -39,19 +45,20 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_id
         ids[i, longest - len(p):] = torch.tensor(p)
     pad = torch.tensor([longest - len(p) for p in prompts], device=dev)
     pad = pad if bool(pad.any()) else None  # prompts of one length need no mask
-    cache = model.new_cache(rows, longest + max_new_tokens)
+    # The cache holds keys and values in the dtype attention computes in, so no step converts it.
+    cache = model.new_cache(rows, longest + max_new_tokens, torch.bfloat16 if precision == "bf16" else torch.float32)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=dev)
     done = torch.zeros(rows, dtype=torch.bool, device=dev)
     out = []
     with autocast(precision):
-        logits = model(ids.to(dev), cache=cache, start=0, pad=pad)[:, -1].float()
+        logits = next_logits(model, ids.to(dev), cache, 0, pad)
         for step in range(max_new_tokens):
             nxt = pick(logits, temperature, top_k, top_p, generator)
             out.append(nxt)
             done |= torch.isin(nxt, stops)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = model(nxt[:, None], cache=cache, start=longest + step, pad=pad)[:, -1].float()
+            logits = next_logits(model, nxt[:, None], cache, longest + step, pad)
     results = []
     for row in torch.stack(out, 1).tolist():
         cut = next((i for i, t in enumerate(row) if t in stop_ids), None)

@@ -16,9 +16,7 @@ def score_responses(model, fmt, pairs: list[tuple[str | list[dict], str]], seq_l
     model.to(dev).eval()
     scores = []
     for i in range(0, len(rows), batch_size):
-        chunk = rows[i : i + batch_size]
-        longest = max(len(p) + len(r) for p, r in chunk)
-        batch = {k: v.to(dev) for k, v in fmt.conversations(chunk, min(seq_len, longest)).items()}
+        batch = {k: v.to(dev) for k, v in fmt.conversations(rows[i : i + batch_size], seq_len).items()}
         with autocast(precision):
             scores += rewards(model, batch).tolist()
     return scores
