@@ -136,7 +136,7 @@ def test_a_profile_is_written_into_params_keeping_comments_and_other_values(tmp_
     text = (folder / "params.yaml").read_text()
     assert "# Knobs that never change a result" in text  # comments survive
     params = check_params(folder)
-    assert params.dpo.beta == 0.3 and params.extend.task_frac == 0.5 and params.dpo.lr == 5e-05
+    assert params.dpo.beta == 0.3 and params.extend.task_frac == 0.5 and params.dpo.lr == 1e-05
 
 
 def test_a_bad_profile_leaves_params_as_they_were(tmp_path):

@@ -23,19 +23,20 @@ def write_stub_dvc_yaml(folder):
     """dvc.yaml as herd generates it (code deps, upstream outputs, params), each command replaced
     by a stub that writes a new output in no time, so the rerun rules are the real ones."""
     text = dvc.render(folder, stages(folder))
+    spec = yaml.safe_load(text)["stages"]
     (folder / "dvc.yaml").write_text(re.sub(
-        r"cmd: python -m tasks\.\w+ --name (\w+).*", lambda m: f"cmd: {stub_command(folder, m[1])}", text))
+        r"cmd: python -m tasks\.\w+ --name (\w+).*", lambda m: f"cmd: {stub_command(spec[m[1]])}", text))
+    return spec
 
 
-def stub_outputs(folder, name: str) -> list[str]:
-    """Every output dvc.yaml declares for the stage: its folder, its metrics file, its plots folder."""
-    entry = yaml.safe_load(dvc.render(folder, stages(folder)))["stages"][name]
+def stub_outputs(entry: dict) -> list[str]:
+    """Every output a stage's dvc.yaml entry declares: its folder, its metrics file, its plots folder."""
     return [path for out in entry["outs"] + entry.get("metrics", []) for path in out]
 
 
-def stub_command(folder, name: str) -> str:
+def stub_command(entry: dict) -> str:
     return " && ".join(f"echo {{}} > {path}" if path.endswith(".json") else
-                       f"mkdir -p {path} && date +%s%N > {path}/out.txt" for path in stub_outputs(folder, name))
+                       f"mkdir -p {path} && date +%s%N > {path}/out.txt" for path in stub_outputs(entry))
 
 
 @pytest.fixture(scope="module")
@@ -43,15 +44,15 @@ def project(tmp_path_factory):
     """The tiny project in a git repository, every stage recorded in dvc.lock as up to date."""
     folder = make_project(tmp_path_factory.mktemp("recipe"), git=True)
     env = project_env(folder)
-    write_stub_dvc_yaml(folder)
-    for s in stages(folder):
-        for path in stub_outputs(folder, s.name):
+    spec = write_stub_dvc_yaml(folder)
+    for name, entry in spec.items():
+        for path in stub_outputs(entry):
             if path.endswith(".json"):
                 (folder / path).parent.mkdir(parents=True, exist_ok=True)
                 (folder / path).write_text("{}")
             else:
                 (folder / path).mkdir(parents=True)
-                (folder / path / "out.txt").write_text(s.name)
+                (folder / path / "out.txt").write_text(name)
     subprocess.run(["dvc", "commit", "--force", "-q"], cwd=folder, env=env, check=True)
     subprocess.run(["git", "add", "-A"], cwd=folder, env=env, check=True)
     subprocess.run(["git", "commit", "-qm", "recorded"], cwd=folder, env=env, check=True)

@@ -103,8 +103,8 @@ def test_lineage_prints_every_ancestor_of_the_champion_down_to_the_sources(pipel
     out = herd(pipeline_project, "lineage", "models:/herd-policy@champion").stdout
     stages = [line.split()[0] for line in out.splitlines() if "(MLflow run " in line]
     assert stages[0] == "dpo" and stages[-1] == "corpus"
-    assert set(stages) == {"dpo", "sft", "rejection_sample", "reward", "anneal", "extend", "pretrain", "tokenizer",
-                           "filter", "corpus"}
+    assert set(stages) == {"dpo", "dpo_pairs", "sft", "rejection_sample", "reward", "anneal", "extend", "pretrain",
+                           "tokenizer", "filter", "corpus"}
     assert "sources  builtin" in out and "dpo.beta=" in out and "inputs   sft " in out
     missing = subprocess.run([sys.executable, "-m", "herd.cli", "lineage", "models:/herd-policy@nosuch"],
                              cwd=pipeline_project, env=project_env(pipeline_project), capture_output=True, text=True)

@@ -369,14 +369,16 @@ SAMPLING = {"random_correct_rate": "a random sample right", "best_of_k_verifier_
 
 
 def sampling_blocks(results: Results) -> list[tuple]:
-    """Each round's rejection sampling: how often a random sample, the verifier's and the reward
-    model's best of K are right, and the reward model's accuracy on these on-policy samples."""
+    """Each round's rejection sampling (of the last policy for SFT, of the SFT policy for DPO's
+    pairs): how often a random sample, the verifier's and the reward model's best of K are right,
+    and the reward model's accuracy on these on-policy samples."""
     rounds = {stage: t.metrics for stage, t in results.training.items() if "random_correct_rate" in t.metrics}
     if not rounds:
         return []
     rows = [[stage, *(f"{m[key]:g}" if key in m else "" for key in SAMPLING)] for stage, m in rounds.items()]
     return [("h2", "Rejection sampling"), ("table", ["stage", *SAMPLING.values()], rows),
-            ("p", "Shares of the round's prompts whose answer is right (a random sample: of all samples); the "
+            ("p", "rejection_sample samples the last policy for SFT, dpo_pairs the SFT policy for DPO. "
+                  "Shares of the round's prompts whose answer is right (a random sample: of all samples); the "
                   "reward model's accuracy is over every (right, wrong) pair of samples of one prompt, prompts it "
                   "never saw in training.")]
 
