@@ -15,6 +15,7 @@ from herd.config import ParamError, check_part, non_negative, positive
 from herd.data.io import in_holdout, read_table, write_jsonl
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
+from herd.evals.preference import reward_accuracy
 from herd.model.export import export_model
 from herd.model.llama import Llama, LlamaConfig, load_checkpoint
 from herd.post.chat import ChatFormat
@@ -25,7 +26,6 @@ from herd.post.task import TaskConfig, constructed_pairs, prompts, verify
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
 from herd.training.loop import finish, train
-from herd.training.precision import autocast
 from herd.training.schedule import warmup_cosine
 
 SIZE_FIELDS = ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim")
@@ -106,16 +106,6 @@ def bt_step(model, batch, margin: float = 0.0) -> tuple[torch.Tensor, dict]:
     return bradley_terry_loss(chosen, rejected, margin), metrics
 
 
-@torch.no_grad()
-def pair_accuracy(model, fmt, pairs, seq_len, precision) -> float:
-    correct = 0
-    for i in range(0, len(pairs), 32):
-        with autocast(precision):
-            _, metrics = bt_step(model, pair_batch(fmt, pairs[i : i + 32], seq_len))
-        correct += metrics["accuracy"] * len(pairs[i : i + 32])
-    return round(correct / len(pairs), 4)
-
-
 def onpolicy_pairs(st: StageRun, fmt: ChatFormat, rows: list[dict]) -> list[dict]:
     """The base's own samples on the reward half of the prompts, each prompt's right samples over
     its wrong ones (the verifier's verdict)."""
@@ -183,9 +173,10 @@ def run(st: StageRun) -> None:
         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
         key=st.run_key(),
     ))
+    precision = st.cfg.train.precision
     for name, pairs in held_out.items():
         suffix = "" if name == "constructed" else f"_{name}"
-        st.metrics[f"heldout_accuracy{suffix}"] = pair_accuracy(model, fmt, pairs, cfg.seq_len, st.cfg.train.precision)
+        st.metrics[f"heldout_accuracy{suffix}"] = reward_accuracy(model, fmt, pairs, precision, cfg.seq_len)
         st.metrics[f"heldout_pairs{suffix}"] = len(pairs)
     st.metrics.update({"train_pairs": len(train_pairs), "params": model.num_params(), **dropped})
     export_model(st, model, base, "reward")

@@ -138,3 +138,17 @@ def test_check(tmp_path):
     with pytest.raises(ParamError, match="limit: must be at least 1, got 0"):
         PreferenceSource("Anthropic/hh-rlhf", limit=0).check(tmp_path)
     PreferenceSource("Anthropic/hh-rlhf").check(tmp_path)  # a hub name is not looked for on disk
+
+
+def test_a_stage_reads_the_sources_its_params_name(tmp_path):
+    """Stages hand load_preferences their params node (not the schema's object): it reads the same."""
+    from herd.recipe import check_params
+    from tests.conftest import make_project, set_param
+
+    folder = make_project(tmp_path / "project")
+    write(folder / "prefs.jsonl", [FLAT_ROW])
+    for key in ("reward.datasets", "dpo.datasets", "evaluate.preference_files"):
+        set_param(folder, key, [{"path": "prefs.jsonl", "limit": 5}])
+    params = check_params(folder)
+    for node in (params.reward.datasets[0], params.dpo.datasets[0], params.evaluate.preference_files[0]):
+        assert load_preferences(node, folder) == load(folder / "prefs.jsonl")

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from herd.config import ParamError, check_part
 from herd.data.io import is_local
 from herd.errors import HerdError
@@ -58,6 +60,8 @@ def check_sources(sources: list[PreferenceSource], root: Path, key: str) -> None
 def load_preferences(source: PreferenceSource, root: Path) -> tuple[list[dict], dict[str, int]]:
     """The pairs of the first `limit` records of `source` (a local path is relative to `root`),
     and how many records were dropped, by reason (see the module docstring)."""
+    if isinstance(source, DictConfig):  # a stage's params node: the schema's own object has the check
+        source = OmegaConf.to_object(source)
     source.check(root)
     where = str(root / source.path) if is_local(source.path, root) else source.path
     rows = _read(source, root, where)
