@@ -50,7 +50,6 @@ from tasks.reward import bt_step
 ROOT = Path(__file__).resolve().parents[1]
 EOT, PAD, END = 0, 1, 2  # LlamaConfig's eot_id and pad_id; END closes every response (as <|end|> does)
 CAVEATS = ["trl's gradient_checkpointing (its default: on) is off, so both sides do the same forward/backward",
-           "herd pads training batches to seq_len, trl to the batch's longest row: herd does more work",
            "trl's dpo forward also reads each sequence's last token, which predicts nothing (1 of seq_len + 1)",
            "herd's dpo reference log-probs are computed once before training (herd_ref_precompute_s, outside "
            "steps/s); trl's default recomputes them every step"]
