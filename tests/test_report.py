@@ -18,7 +18,10 @@ from herd.evals.report import (
     WORSE,
     Change,
     ReportConfig,
+    Results,
+    Training,
     gather,
+    sampling_blocks,
     summary,
     verdicts,
     write_report,
@@ -215,3 +218,18 @@ def test_funnel_counts_the_split_and_the_mix_and_the_domain_shares():
     assert list(steps["documents"].items())[-2:] == [("validation_split", 6), ("mix", 3)]
     assert steps["rejected"] == {"too_few_words": 2, "exact_duplicate": 1, "near_duplicate": 1}
     assert steps["mix"]["code"] == {"before": round(4 / 6, 4), "after": 0.34, "weight": 0.3}
+
+
+def test_each_sampling_row_shows_what_its_samples_feed():
+    metrics = {"random_correct_rate": 0.4, "best_of_k_verifier_correct_rate": 0.9, "sft_examples": 500,
+               "dpo_pairs": 800}
+    results = Results(training={name: Training(dict(metrics), {}, []) for name in
+                                ("rejection_sample", "dpo_pairs", "rejection_sample_r2", "dpo_pairs_r2")})
+    (_, title), (_, header, rows), _ = sampling_blocks(results)
+    cells = {row[0]: dict(zip(header, row, strict=True)) for row in rows}
+    assert title == "Rejection sampling" and list(cells) == list(results.training)
+    for stage in ("rejection_sample", "rejection_sample_r2"):  # SFT's data
+        assert cells[stage]["SFT examples"] == "500" and cells[stage]["DPO pairs"] == ""
+    for stage in ("dpo_pairs", "dpo_pairs_r2"):  # DPO's
+        assert cells[stage]["DPO pairs"] == "800" and cells[stage]["SFT examples"] == ""
+    assert cells["dpo_pairs"]["best of K by verifier"] == "0.9"

@@ -375,7 +375,10 @@ def sampling_blocks(results: Results) -> list[tuple]:
     rounds = {stage: t.metrics for stage, t in results.training.items() if "random_correct_rate" in t.metrics}
     if not rounds:
         return []
-    rows = [[stage, *(f"{m[key]:g}" if key in m else "" for key in SAMPLING)] for stage, m in rounds.items()]
+    # Each sampling feeds one stage: its SFT examples or its DPO pairs, not both.
+    unused = {"rejection_sample": "dpo_pairs", "dpo_pairs": "sft_examples"}
+    rows = [[stage, *(f"{m[key]:g}" if key in m and key != unused.get(kind(stage)) else "" for key in SAMPLING)]
+            for stage, m in rounds.items()]
     return [("h2", "Rejection sampling"), ("table", ["stage", *SAMPLING.values()], rows),
             ("p", "rejection_sample samples the last policy for SFT, dpo_pairs the SFT policy for DPO. "
                   "Shares of the round's prompts whose answer is right (a random sample: of all samples); the "
