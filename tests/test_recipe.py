@@ -115,8 +115,9 @@ EVALS = ("evaluate_base", "evaluate_reward", "evaluate_policy")
     ("herd/evals/measures.py", of_tasks(*EVALS)),
     ("herd/post/generate.py", of_tasks("reward", "rejection_sample", *EVALS)),  # reward samples the base
     ("herd/evals/long_context.py", ["extend", "extend_control", *BASE_EVALS]),
-    # reward scoring: sampling, and the evaluations that need a judge (not the base models')
-    ("herd/post/scoring.py", of_tasks("rejection_sample", "evaluate_reward", "evaluate_policy")),
+    # reward scoring: the reward model's held-out accuracy, sampling, and the evaluations that need a
+    # judge (not the base models')
+    ("herd/post/scoring.py", of_tasks("reward", "rejection_sample", "evaluate_reward", "evaluate_policy")),
 ])
 def test_editing_code_reruns_its_importers_and_their_descendants(restore, file, first):
     with open(restore / file, "a") as fh:
