@@ -9,6 +9,8 @@
     herd serve [MODEL]      serve a registered model on 127.0.0.1 (mlflow models serve)
     herd dag [--write]      the recipe's stages; --write regenerates dvc.yaml from herd/recipe.py
     herd check              validate params.yaml against every section's schema
+    herd deploy             create the work pools and the per-stage deployments on the Prefect server
+    herd worker POOL        a Prefect worker for the cpu or gpu pool, with this clone as its workspace
     herd filter ...         the corpus filter on any file, outside the pipeline
 """
 
@@ -40,10 +42,10 @@ def cmd_run(args) -> None:
               f"`git checkout params.yaml` goes back)", flush=True)
         for change in changes:
             print(f"[herd]   {change}", flush=True)
-    run_pipeline(args.stages, args.force, args.wait, args.verbose)
+    run_pipeline(args.stages, args.force, args.wait, args.verbose, args.pools)
 
 
-def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool) -> None:
+def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool, pools: bool = False) -> None:
     root = project_root()
     check_params(root)
     if verbose:
@@ -57,13 +59,13 @@ def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool) -> 
         started = time.time()
         try:
             with stop_on_signals():  # again inside the flow, where Prefect installs its own handler
-                outcome = pipeline(str(root), targets, force)
+                outcome = pipeline(str(root), targets, force, pools)
         except KeyboardInterrupt:
             raise HerdError(f"stopped by {STAGES.stopping or 'an interrupt'}: the running stage saved what it "
                             "could resume from; finished stages and dvc.lock are as they were") from None
-    ran = [s for s, o in outcome.items() if o == "ran"]
-    print(f"[herd] pipeline finished in {time.time() - started:.0f}s: {len(ran)} ran, "
-          f"{len(outcome) - len(ran)} skipped")
+    counts = {o: sum(v == o for v in outcome.values()) for o in ("ran", "restored", "skipped")}
+    print(f"[herd] pipeline finished in {time.time() - started:.0f}s: {counts['ran']} ran, "
+          f"{counts['restored']} restored (DVC's run-cache), {counts['skipped']} skipped")
 
 
 def cmd_status(args) -> None:
@@ -136,6 +138,23 @@ def cmd_serve(args) -> None:
         sys.exit(130)
 
 
+def cmd_deploy(args) -> None:
+    from herd.orchestration.pools import deploy
+
+    params = check_params(project_root())
+    for line in deploy(params.runtime.pools):
+        print(f"[herd] {line}")
+    print("[herd] start a worker per pool in a clone of the project: `herd worker cpu`, `herd worker gpu`; "
+          "then `herd run --pools`")
+
+
+def cmd_worker(args) -> None:
+    from herd.orchestration.pools import start_worker
+
+    root = project_root()
+    start_worker(root, args.pool, check_params(root).runtime.pools, args.name)
+
+
 def cmd_check(args) -> None:
     check_params(project_root())
     print("params.yaml is valid")
@@ -163,6 +182,8 @@ def main(argv: list[str] | None = None) -> None:
                      "up to date")
     run.add_argument("--profile", metavar="NAME", help="first write profiles/NAME.yaml into params.yaml (e.g. demo: "
                      "a larger model and budget that shows the task-level effects)")
+    run.add_argument("--pools", action="store_true", help="run each stale stage on its Prefect work pool (training "
+                     "stages on gpu, the rest on cpu; see `herd deploy`), outputs shared through the DVC remote")
     add_run_options(run)
     run.set_defaults(fn=cmd_run)
     report = sub.add_parser("report", help="bring the evaluation report up to date (running what it needs) and "
@@ -189,6 +210,13 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--check", action="store_true", help="fail when dvc.yaml differs from the recipe")
     dag.set_defaults(fn=cmd_dag)
     sub.add_parser("check", help="validate params.yaml").set_defaults(fn=cmd_check)
+    sub.add_parser("deploy", help="create the work pools of runtime.pools (if missing) and the herd-stage "
+                   "deployments on the Prefect server your profile points at").set_defaults(fn=cmd_deploy)
+    worker = sub.add_parser("worker", help="start a Prefect worker for a pool in this clone (its workspace); it "
+                            "runs one stage at a time")
+    worker.add_argument("pool", choices=("cpu", "gpu"), help="which of runtime.pools")
+    worker.add_argument("--name", help="the worker's name in the Prefect UI")
+    worker.set_defaults(fn=cmd_worker)
     from herd.data.filter_cli import add_arguments
 
     filt = sub.add_parser("filter", help="run the corpus filter on any jsonl(.gz)/parquet file or folder: every "

@@ -31,6 +31,7 @@ import traceback
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import torch
@@ -40,8 +41,9 @@ from herd.atomic import recover, swap_in
 from herd.config import load_sections
 from herd.errors import HerdError
 from herd.runtime import tracking
+from herd.runtime.checkpoints import Checkpoints, for_stage
 from herd.runtime.config import RuntimeConfig
-from herd.runtime.env import VERBOSE_ENV, project_root, state_dir
+from herd.runtime.env import RESTORE_ONLY_ENV, VERBOSE_ENV, project_root, state_dir
 from herd.training import distributed
 
 CODE_DIRS = ("herd", "tasks")
@@ -84,6 +86,11 @@ class StageSpec:
     model: str | None = None  # the kind of model it saves in model/ (base, policy, reward), logged to MLflow
     registers: str | None = None  # the runtime.tracking key naming the registered model it becomes
     gated: bool = False  # its version takes the alias only when its evaluation beats the alias' holder
+
+    @property
+    def trains(self) -> bool:
+        """Whether it runs the training loop (which writes the curve): it belongs on a GPU."""
+        return CURVE_PLOTS[0] in self.plots
 
     @property
     def tables(self) -> list[str]:
@@ -162,11 +169,13 @@ class StageRun:
         parts = [self.name, self.recipe_params, self.input_hashes]
         return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    @cached_property
+    def checkpoints(self) -> Checkpoints:
+        """Resumable checkpoints: they survive a kill and are not a DVC output (see runtime.train.checkpoints)."""
+        return for_stage(self.cfg.runtime.train.checkpoints, self.root, self.name)
+
     def checkpoint_dir(self) -> Path:
-        """A persistent folder for resumable checkpoints (survives a kill; not a DVC output)."""
-        path = state_dir(self.root) / "checkpoints" / self.name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.checkpoints.local()
 
     def log_step(self, metrics: dict[str, float], step: int) -> None:
         if self.logger:  # None on the non-zero ranks of a distributed run: rank 0 tracks
@@ -198,6 +207,10 @@ def _seed_everything(seed: int) -> None:
 def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | None = None):
     """Run stage `name` of `spec`, reading the outputs of `inputs` (role -> upstream stage)."""
     root = root or project_root()
+    if os.environ.get(RESTORE_ONLY_ENV) == name:
+        raise HerdError(f"stage {name} ran on a worker, but DVC's run-cache on the remote cannot restore it here "
+                        "(its outputs are missing there, or this checkout differs from the worker's): "
+                        "check that both use the same DVC remote (`dvc remote list`)")
     spec.check_roles(name, inputs)
     cfg = load_sections(root / "params.yaml", {**spec.params, "runtime": RuntimeConfig})
     artifacts = root / "artifacts"

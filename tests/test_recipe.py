@@ -31,7 +31,8 @@ def write_stub_dvc_yaml(folder):
 
 def stub_outputs(entry: dict) -> list[str]:
     """Every output a stage's dvc.yaml entry declares: its folder, its metrics file, its plots folder."""
-    return [path for out in entry["outs"] + entry.get("metrics", []) for path in out]
+    declared = entry["outs"] + entry.get("metrics", []) + entry.get("plots", [])
+    return [out if isinstance(out, str) else next(iter(out)) for out in declared]
 
 
 def stub_command(entry: dict) -> str:
@@ -217,9 +218,11 @@ def test_another_round_adds_only_its_stages(restore):
 
 
 def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):
-    """What `herd status` predicts is what `dvc repro` and `dvc exp run -S` run (the stubs run for real)."""
+    """What `herd status` predicts is what `dvc repro` runs and `dvc exp run -S` reruns (the stubs run
+    for real); the experiment repeats the same change, so DVC's run-cache restores those stages."""
     env = project_env(restore)
     running = re.compile(r"Running stage '(\w+)'")
+    restored = re.compile(r"Stage '(\w+)' is cached - skipping run")
     set_param(restore, "dpo.beta", 0.3)
     herd = dvc.would_run(restore)
     repro = subprocess.run(["dvc", "repro"], cwd=restore, env=env, capture_output=True, text=True, check=True)
@@ -227,7 +230,8 @@ def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):
     subprocess.run(["dvc", "checkout", "--force", "-q"], cwd=restore, env=env, check=True)
     exp = subprocess.run(["dvc", "exp", "run", "-S", "dpo.beta=0.3"], cwd=restore, env=env, capture_output=True,
                          text=True, check=True)
-    assert herd == running.findall(repro.stdout) == running.findall(exp.stdout) == descendants(of_tasks("dpo"))
+    assert herd == running.findall(repro.stdout) == restored.findall(exp.stdout) == descendants(of_tasks("dpo"))
+    assert running.findall(exp.stdout) == []
 
 
 def test_a_held_out_answer_file_is_a_dependency_of_the_base_model_evaluations(restore):

@@ -7,6 +7,9 @@ that import it, and their descendants.
 """
 
 import ast
+import shutil
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -17,9 +20,10 @@ from herd.recipe import Stage
 HEADER = """\
 # Generated from herd/recipe.py by `herd dag --write`: do not edit (a test fails when it differs).
 # Per stage: the command (module, name, inputs by role), the code it imports, the outputs of the
-# stages it reads and the params sections it reads. Outputs persist: a stage replaces its folder
-# atomically on success, so a failed run leaves the last good output in place. metrics/ and plots/
-# hold each stage's headline numbers and plotted tables, tracked by git for `dvc exp show` and
+# stages it reads and the params sections it reads. No output persists, so DVC's run-cache keeps
+# every run: a stage whose code, inputs and params match a run made before (here, on a worker, or
+# in another clone sharing the remote) is restored instead of run. metrics/ and plots/ hold each
+# stage's headline numbers and plotted tables, tracked by git for `dvc exp show` and
 # `dvc plots diff`; the full results are in artifacts/.
 """
 PACKAGES = ("herd", "tasks")
@@ -67,12 +71,13 @@ def stage_entry(root: Path, s: Stage) -> dict:
     entry = {"cmd": s.cmd, "deps": code_deps(root, s.module) + [f"artifacts/{up}" for up in s.upstream] + list(s.data)}
     if s.sections:
         entry["params"] = s.sections
-    entry["outs"] = [{f"artifacts/{s.name}": {"persist": True}}]
-    # The git-tracked summaries: small, so main and every experiment carry their own.
-    if s.spec.plots:
-        entry["outs"].append({f"plots/{s.name}": {"cache": False, "persist": True}})
+    entry["outs"] = [f"artifacts/{s.name}"]
+    # The git-tracked summaries: small, so main and every experiment carry their own. Declared as
+    # metrics and plots (not plain uncached outs, which would turn DVC's run-cache off).
     if s.spec.headline:
-        entry["metrics"] = [{f"metrics/{s.name}.json": {"cache": False, "persist": True}}]
+        entry["metrics"] = [{f"metrics/{s.name}.json": {"cache": False}}]
+    if s.spec.plots:
+        entry["plots"] = [{f"plots/{s.name}": {"cache": False}}]
     return entry
 
 
@@ -166,3 +171,54 @@ def _reason(root: Path, stage: str, entries: list) -> str:
             names = ", ".join(f"{k} {v}" for k, v in changes.items()) if isinstance(changes, dict) else str(changes)
             reasons.append(f"{kind}: {names}")
     return "; ".join(reasons)
+
+
+def default_remote(root: Path) -> str | None:
+    """The DVC remote a stage's outputs are shared through (`dvc remote add -d`), if any."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        return repo.config["core"].get("remote")
+
+
+def push(root: Path, stage: str, remote: str | None = None) -> None:
+    """Send a stage's outputs and DVC's run-cache to the remote, so another clone restores the
+    stage instead of running it. `dvc push --run-cache` leaves out the uncached outputs (metrics/,
+    plots/) that a run-cache entry also needs; they are sent by hash."""
+    from dvc.repo import Repo
+
+    with Repo(str(root)) as repo:
+        repo.push(targets=[f"{root / 'dvc.yaml'}:{stage}"], run_cache=True, remote=remote)
+        (entry,) = repo.stage.collect(f"{root / 'dvc.yaml'}:{stage}")
+        uncached = [out.hash_info for out in entry.outs if not out.use_cache and out.hash_info]
+        if uncached:
+            repo.cloud.push(uncached, remote=remote)
+
+
+@contextmanager
+def last_good_output(root: Path, stage: str):
+    """DVC deletes a stage's outputs before it runs (none persist, so the run-cache works): if the
+    run fails, put back the last good ones, which dvc.lock still records: the folder from DVC's
+    cache (`dvc checkout`), the small git-tracked summaries from a copy kept here."""
+    lock = root / "dvc.lock"
+    recorded = lock.is_file() and stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    summaries = [p for p in (root / "metrics" / f"{stage}.json", root / "plots" / stage) if p.exists()]
+    keep = root / ".herd" / "last_good" / stage
+    shutil.rmtree(keep, ignore_errors=True)
+    for path in summaries:
+        target = keep / path.relative_to(root)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if path.is_dir() else shutil.copy2)(path, target)
+    try:
+        yield
+    except BaseException:
+        if recorded:
+            subprocess.run(["dvc", "checkout", "-q", f"{lock.parent / 'dvc.yaml'}:{stage}"], cwd=root,
+                           capture_output=True)
+        for path in summaries:
+            if not path.exists():
+                (shutil.copytree if (keep / path.relative_to(root)).is_dir() else shutil.copy2)(
+                    keep / path.relative_to(root), path)
+        raise
+    finally:
+        shutil.rmtree(keep, ignore_errors=True)

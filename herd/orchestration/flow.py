@@ -1,13 +1,22 @@
 """The Herd pipeline as a Prefect flow over DVC's graph of dvc.yaml (which herd/recipe.py generates).
 
 Each DVC stage becomes a Prefect task. A task first asks DVC whether its stage is up to date: if
-so it ends in a Completed state named "Skipped" (so the Prefect UI shows it as such); if not it
-runs `dvc repro --single-item <stage>`, which executes the stage and records it in dvc.lock. The
-flow holds a parent MLflow run; each stage's run is nested under it.
+so it ends in a Completed state named "Skipped" (so the Prefect UI shows it as such). If not:
+
+- locally, it runs `dvc repro --single-item <stage>`, which executes the stage (or restores it from
+  DVC's run-cache when the same code, inputs and params ran before) and records it in dvc.lock;
+- with `pools`, it starts a flow run of the stage's work-pool deployment (herd/orchestration/pools.py),
+  waits for a worker to run it and push its outputs to the DVC remote, then restores the stage
+  from the remote here with `dvc repro --pull`, which records it in this checkout's dvc.lock.
+  Independent stages run at the same time on different workers.
+
+With a DVC remote, stages pull what earlier runs pushed (restored, not run) and push what they
+make. The flow holds a parent MLflow run; each stage's run is nested under it.
 """
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -16,33 +25,90 @@ from prefect.states import Completed
 
 from herd.errors import HerdError
 from herd.orchestration import dvc, session
-from herd.recipe import check_params
+from herd.orchestration.worker import RESTORED
+from herd.recipe import check_params, stages
 from herd.runtime import tracking
-from herd.runtime.env import state_dir
+from herd.runtime.env import RESTORE_ONLY_ENV, state_dir
+
+DVC_LOCK = threading.Lock()  # this checkout's DVC: one command at a time (DVC's own lock fails, it does not wait)
+
+
+def say(stage: str, what: str) -> None:
+    print(f"[herd] {stage:20s} {what}", flush=True)
+
+
+def local_repro(stage: str, root: Path, env: dict, force: bool = False, restore_only: bool = False) -> bool:
+    """`dvc repro` one stage here, pulling from and pushing to the DVC remote when there is one;
+    True when DVC restored it from the run-cache instead of running it. If it fails, the last
+    good output is put back."""
+    remote = dvc.default_remote(root)
+    log = state_dir(root) / "logs" / f"{stage}.log"
+    cmd = ["dvc", "repro", "--single-item", *(["--force"] if force else []), *(["--pull"] if remote else []), stage]
+    if restore_only:
+        env = {**env, RESTORE_ONLY_ENV: stage}
+    with dvc.last_good_output(root, stage):
+        code = session.STAGES.run(cmd, str(root), env, log)
+        if session.STAGES.stopping:
+            raise KeyboardInterrupt
+        if code != 0:
+            raise HerdError(f"stage {stage} failed (exit {code}); its previous output is back in place; "
+                            f"full log: {log}")
+    if remote:
+        dvc.push(root, stage)
+    return RESTORED in log.read_text(errors="replace")
 
 
 @task(retries=0)
-def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = False):
+def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = False, pool: str | None = None,
+              upstream: list[str] | None = None):
     logger = get_run_logger()
-    reason = "forced (--force)" if force else dvc.why_stale(Path(root), stage)
+    path = Path(root)
+    with DVC_LOCK:
+        reason = "forced (--force)" if force else dvc.why_stale(path, stage)
     if reason is None:
         logger.info(f"{stage}: skipped (up to date)")
-        print(f"[herd] {stage:20s} skipped  (up to date)", flush=True)
+        say(stage, "skipped  (up to date)")
         return Completed(name="Skipped", message=f"{stage} is up to date")
-    print(f"[herd] {stage:20s} running  ({reason})", flush=True)
+    say(stage, f"running  ({reason})" + (f" on the {pool} pool" if pool else ""))
     logger.info(f"{stage}: running ({reason})")
     env = dict(os.environ)
     if parent_run_id:
         env[tracking.PARENT_RUN_ENV] = parent_run_id
     started = time.time()
-    log = state_dir(Path(root)) / "logs" / f"{stage}.log"
-    code = session.STAGES.run(["dvc", "repro", "--single-item", *(["--force"] if force else []), stage], root, env, log)
-    if session.STAGES.stopping:
-        raise KeyboardInterrupt
-    if code != 0:
-        raise HerdError(f"stage {stage} failed (exit {code}); its previous output is untouched; full log: {log}")
-    print(f"[herd] {stage:20s} done     in {time.time() - started:.1f}s", flush=True)
-    return Completed(name="Ran", message=f"{stage} ran: {reason}")
+    if pool:
+        from herd.orchestration import pools
+
+        params = check_params(path)
+        with DVC_LOCK:
+            lock = (path / "dvc.lock").read_text() if (path / "dvc.lock").is_file() else ""
+        parameters = {"stage": stage, "commit": commit_of(path), "repo": params.runtime.pools.repo or str(path),
+                      "params": (path / "params.yaml").read_text(), "lock": lock, "upstream": upstream or [],
+                      "parent_run_id": parent_run_id, "tracking_uri": tracking.tracking_uri(params.runtime.tracking.uri, path), "force": force}
+        there = pools.dispatch(stage, pool, parameters, params.runtime.pools)
+        with DVC_LOCK:
+            local_repro(stage, path, env, restore_only=True)
+        outcome = "restored" if there == "Restored" else "ran"
+        say(stage, f"{'restored' if outcome == 'restored' else 'done    '} on the {pool} pool in "
+                   f"{time.time() - started:.1f}s")
+    else:
+        restored = local_repro(stage, path, env, force)
+        outcome = "restored" if restored else "ran"
+        say(stage, f"restored from DVC's run-cache in {time.time() - started:.1f}s" if restored else
+            f"done     in {time.time() - started:.1f}s")
+    return Completed(name=outcome.capitalize(), message=f"{stage} {outcome}: {reason}")
+
+
+def commit_of(root: Path) -> str:
+    """The commit workers check out: the code must be committed, since they run it from git."""
+    import subprocess
+
+    status = subprocess.run(["git", "status", "--porcelain", "--", "herd", "tasks", "dvc.yaml", "pyproject.toml"],
+                            cwd=root, capture_output=True, text=True)
+    if status.returncode != 0:
+        raise HerdError(f"--pools runs the committed code on workers, but {root} is not a git checkout")
+    if status.stdout.strip():
+        raise HerdError("--pools runs the committed code on workers; commit these first:\n" + status.stdout.rstrip())
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
 def upto(dag: dict[str, list[str]], targets: list[str]) -> dict[str, list[str]]:
@@ -61,9 +127,11 @@ def upto(dag: dict[str, list[str]], targets: list[str]) -> dict[str, list[str]]:
 
 
 @flow(name="herd-pipeline", log_prints=False)
-def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = False) -> dict[str, str]:
+def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = False,
+             pools: bool = False) -> dict[str, str]:
     """Run the stages of dvc.yaml in dependency order (all, or up to and including `targets`),
-    skipping the up-to-date ones; `force` reruns the targets (or every stage) regardless."""
+    skipping the up-to-date ones; `force` reruns the targets (or every stage) regardless; `pools`
+    runs each stale stage on its work pool (see `herd deploy`)."""
     import mlflow
 
     path = Path(root).resolve()
@@ -71,6 +139,18 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
     dag = dvc.graph(path)
     if targets:
         dag = upto(dag, targets)
+    placement = {}
+    if pools:
+        from herd.orchestration.pools import pool_of
+
+        if not dvc.default_remote(path):
+            raise HerdError("--pools shares outputs through a DVC remote, and this project has none: "
+                            "`dvc remote add -d NAME URL` (a folder or any URL workers can reach)")
+        if tracking.tracking_uri(params.runtime.tracking.uri, path).startswith("sqlite"):
+            raise HerdError("--pools needs an MLflow server the workers can reach: set runtime.tracking.uri "
+                            "(or MLFLOW_TRACKING_URI) to it, e.g. http://127.0.0.1:5000")
+        commit_of(path)
+        placement = {s.name: pool_of(s, params.runtime.pools) for s in stages(path)}
     experiment_id = tracking.setup(params.runtime.tracking, path)
     tracking.close_abandoned_runs(experiment_id, "pipeline")
     outcome = {}
@@ -79,24 +159,34 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
         futures = {}
         for stage, upstream in dag.items():  # dvc.yaml's order is a topological order of the recipe
             forced = force and (not targets or stage in targets)
-            futures[stage] = run_stage.with_options(name=stage).submit(
-                stage, str(path), run.info.run_id, forced, wait_for=[futures[up] for up in upstream]
-            )
-            try:
-                futures[stage].wait()  # one stage at a time: two `dvc repro` in one repo fail on DVC's lock
-            except KeyboardInterrupt:
-                mlflow.set_tags({f"stage.{s}": o for s, o in {**outcome, stage: "stopped"}.items()})
-                mlflow.end_run(status="KILLED")
-                raise
-            state = futures[stage].state
-            if state.is_failed():
-                outcome[stage] = "failed"
-                mlflow.set_tags({f"stage.{s}": o for s, o in outcome.items()})
-                futures[stage].result()  # re-raises the stage's error
-            outcome[stage] = "skipped" if state.name == "Skipped" else "ran"
+            options = {"retries": params.runtime.pools.retries, "retry_delay_seconds": 5} if pools else {}
+            futures[stage] = run_stage.with_options(name=stage, **options).submit(
+                stage, str(path), run.info.run_id, forced, placement.get(stage), upstream,
+                wait_for=[futures[up] for up in upstream])
+            if not pools:  # one stage at a time: two `dvc repro` in one checkout fail on DVC's lock
+                _wait(futures, stage, outcome)
+        for stage in futures if pools else ():  # on pools, independent stages run at once
+            _wait(futures, stage, outcome)
         mlflow.set_tags({f"stage.{s}": o for s, o in outcome.items()})
         report = path / "artifacts" / "report" / "metrics.json"
         if report.is_file():
             metrics = json.loads(report.read_text())
             mlflow.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))})
     return outcome
+
+
+def _wait(futures: dict, stage: str, outcome: dict) -> None:
+    import mlflow
+
+    try:
+        futures[stage].wait()
+    except KeyboardInterrupt:
+        mlflow.set_tags({f"stage.{s}": o for s, o in {**outcome, stage: "stopped"}.items()})
+        mlflow.end_run(status="KILLED")
+        raise
+    state = futures[stage].state
+    if state.is_failed() or state.is_crashed():
+        outcome[stage] = "failed"
+        mlflow.set_tags({f"stage.{s}": o for s, o in outcome.items()})
+        futures[stage].result()  # re-raises the stage's error
+    outcome[stage] = {"Skipped": "skipped", "Restored": "restored"}.get(state.name, "ran")

@@ -3,6 +3,7 @@ compilation, where runs are tracked). No stage declares it as a DVC param, so ch
 nothing, and resume keys leave it out; every stage may read it."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from herd.config import ParamError
 
@@ -26,6 +27,10 @@ class TrainRuntime:
     compile: bool = False  # torch.compile the decoder blocks: faster steps after a compile (pays off on long runs)
     # stop a stage whose smoothed loss rises above this multiple of its best (0: off)
     divergence_factor: float = 3.0
+    # where resumable checkpoints live: empty = .herd/checkpoints; a folder (shared storage, so a
+    # retry on another worker resumes) is used in place; an fsspec URL (s3://, gs://, file://...)
+    # is mirrored: each checkpoint is uploaded when written and downloaded when a stage starts
+    checkpoints: str = ""
 
     def check(self, root) -> None:
         for key in ("checkpoint_every", "log_every", "nproc_per_node"):
@@ -48,11 +53,48 @@ class TrackingConfig:
 
 
 @dataclass
+class PoolConfig:
+    """A Prefect work pool the stages of one kind run on (`herd deploy` creates it if missing)."""
+
+    name: str = "cpu"
+    type: str = "process"  # the pool type when herd creates it: process, docker, kubernetes, ...
+    concurrency: int = 1  # flow runs at once on the pool
+    # the deployment's job variables: env (e.g. CUDA_VISIBLE_DEVICES), working_dir, image, ...
+    job_variables: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PoolsConfig:
+    """`herd run --pools`: each stale stage runs as a flow run of the `herd-stage` deployment on its
+    pool, in a worker's own clone; outputs travel through the DVC remote."""
+
+    cpu: PoolConfig = field(default_factory=PoolConfig)  # data, tokenizer, sampling, evaluation
+    gpu: PoolConfig = field(default_factory=lambda: PoolConfig(
+        "gpu", job_variables={"env": {"CUDA_VISIBLE_DEVICES": "0"}}))  # the stages that train
+    stages: dict[str, str] = field(default_factory=dict)  # stage -> cpu | gpu, overriding the above
+    repo: str = ""  # git URL workers fetch the pipeline's commit from (empty: this checkout's folder)
+    retries: int = 2  # a stage whose flow run fails or crashes (a worker lost) is dispatched again
+    timeout_s: int = 86400  # the longest a stage may wait for its flow run
+
+    def check(self, root) -> None:
+        for key in ("cpu", "gpu"):
+            if getattr(self, key).concurrency < 1:
+                raise ParamError(f"pools.{key}.concurrency", "must be at least 1")
+        wrong = {stage: pool for stage, pool in self.stages.items() if pool not in ("cpu", "gpu")}
+        if wrong:
+            raise ParamError("pools.stages", f"a stage runs on cpu or gpu, got {wrong}")
+        if self.retries < 0:
+            raise ParamError("pools.retries", "must be 0 or more")
+
+
+@dataclass
 class RuntimeConfig:
     filter: FilterRuntime = field(default_factory=FilterRuntime)
     train: TrainRuntime = field(default_factory=TrainRuntime)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    pools: PoolsConfig = field(default_factory=PoolsConfig)
 
     def check(self, root) -> None:
         self.filter.check(root)
         self.train.check(root)
+        self.pools.check(root)

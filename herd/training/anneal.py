@@ -72,6 +72,7 @@ def anneal(st, weights: dict[str, float]) -> None:
             state = {k: v.detach().clone() for k, v in model.state_dict().items()
                      if not (tied and k == "lm_head.weight")}
             save_file(state, str(snapshots / f"step_{step}.safetensors"))
+            st.checkpoints.written(snapshots)
             model.eval()
             st.log_step({"snapshot_val_loss_hq": hq_loss(model)}, step)
             model.train()

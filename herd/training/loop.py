@@ -24,6 +24,7 @@ from tqdm import tqdm
 from herd.atomic import recover, swap_in
 from herd.errors import HerdError
 from herd.model.cross_entropy import IGNORE
+from herd.runtime.checkpoints import Checkpoints
 from herd.runtime.config import TrainRuntime
 from herd.training import distributed
 from herd.training.config import TrainConfig
@@ -148,6 +149,10 @@ def train(
     opt = make_optimizer(model, weight_decay)
     ckpt = st.checkpoint_dir() / (phase or "latest")
     start, curve = _load_state(ckpt, model, opt, key)
+
+    def save(done: int) -> None:
+        _save_state(ckpt, model, opt, done, key, curve)
+        st.checkpoints.written(ckpt)
     if start and rank == 0:
         print(f"[{st.name}] resuming from step {start}/{steps}")
     ddp = distributed.wrap(model)
@@ -206,15 +211,15 @@ def train(
                 model.train()
             if done % tcfg.checkpoint_every == 0 and done < steps:
                 if rank == 0:
-                    _save_state(ckpt, model, opt, done, key, curve)
+                    save(done)
                 distributed.barrier()
             if stop and done < steps:  # SIGINT/SIGTERM: keep this step's state, then stop
                 if rank == 0:
-                    _save_state(ckpt, model, opt, done, key, curve)
+                    save(done)
                     print(f"[{st.name}] stopped at step {done}/{steps}; the next run resumes from here", flush=True)
                 raise KeyboardInterrupt
     if phase and start < steps and rank == 0:
-        _save_state(ckpt, model, opt, steps, key, curve)
+        save(steps)
     model.eval()
     st.tables["curve"] = curve  # the loss and learning rate by step, across resumes
     elapsed = max(1e-9, time.time() - t0)
@@ -298,9 +303,12 @@ class LocalRun:
     def cfg(self):
         return OmegaConf.create({"train": self.train, "runtime": {"train": self.runtime}})
 
+    @property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.folder)
+
     def checkpoint_dir(self) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        return self.folder
+        return self.checkpoints.local()
 
     def log_step(self, metrics: dict, step: int) -> None:
         self.logged.append((step, metrics))
@@ -310,4 +318,4 @@ def finish(st) -> None:
     """Drop the resumable checkpoint once the stage's output is complete."""
     distributed.barrier()
     if distributed.is_main():
-        shutil.rmtree(st.checkpoint_dir(), ignore_errors=True)
+        st.checkpoints.clear()

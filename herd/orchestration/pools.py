@@ -1,0 +1,116 @@
+"""Stages on Prefect work pools: which pool a stage runs on, `herd deploy` (the pools and one
+deployment of the `herd-stage` flow per pool, on the Prefect server of the user's profile),
+`herd worker` (a worker in a clone of the project) and the dispatch of one stage by
+`herd run --pools`.
+
+By default the stages that train run on the `gpu` pool and the rest (data, tokenizer, sampling,
+evaluation, report) on the `cpu` pool; `runtime.pools.stages` moves any stage.
+"""
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+
+from herd.errors import HerdError
+from herd.orchestration.worker import FLOW, WORKSPACE_ENV, run_stage_on_worker
+from herd.recipe import Stage
+from herd.runtime.config import PoolsConfig
+
+ENTRYPOINT = "herd.orchestration.worker.run_stage_on_worker"  # a module path: workers import it from herd
+KEYS = ("cpu", "gpu")
+
+
+def pool_of(stage: Stage, cfg: PoolsConfig) -> str:
+    return cfg.stages.get(stage.name) or ("gpu" if stage.spec.trains else "cpu")
+
+
+def deployment(key: str) -> str:
+    return f"{FLOW}/{key}"
+
+
+def deploy(cfg: PoolsConfig) -> list[str]:
+    """Create the missing work pools, set their concurrency limits and create (or update) the
+    deployments; returns one line per pool saying what it did."""
+    return asyncio.run(_deploy(cfg))
+
+
+async def _deploy(cfg: PoolsConfig) -> list[str]:
+    from omegaconf import OmegaConf
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolUpdate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.utilities.callables import parameter_schema
+
+    schema = parameter_schema(run_stage_on_worker).model_dump_for_openapi()
+    lines = []
+    async with get_client() as client:
+        await _reachable(client)
+        flow_id = await client.create_flow_from_name(FLOW)
+        for key in KEYS:
+            pool = getattr(cfg, key)
+            try:
+                await client.read_work_pool(pool.name)
+                made = "exists"
+            except ObjectNotFound:
+                _create_pool(pool.name, pool.type)
+                made = f"created ({pool.type})"
+            await client.update_work_pool(pool.name, WorkPoolUpdate(concurrency_limit=pool.concurrency))
+            variables = OmegaConf.to_container(pool.job_variables, resolve=True) \
+                if OmegaConf.is_config(pool.job_variables) else dict(pool.job_variables)
+            await client.create_deployment(flow_id=flow_id, name=key, entrypoint=ENTRYPOINT, work_pool_name=pool.name,
+                                           job_variables=variables, pull_steps=[], parameter_openapi_schema=schema,
+                                           description=f"one Herd stage on the {key} pool")
+            lines.append(f"work pool {pool.name!r} {made}, concurrency {pool.concurrency}; "
+                         f"deployment {deployment(key)!r} with job variables {variables}")
+    return lines
+
+
+def _create_pool(name: str, kind: str) -> None:
+    # Prefect's CLI fills in the pool type's default job template (docker, kubernetes, ...).
+    proc = subprocess.run(["prefect", "work-pool", "create", name, "--type", kind], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise HerdError(f"could not create the work pool {name!r} of type {kind!r}: "
+                        f"{(proc.stderr or proc.stdout).strip()[-500:]}")
+
+
+async def _reachable(client) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        raise HerdError("work pools need a Prefect server: start one (`prefect server start`) and point your profile "
+                        "at it (`prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api`)")
+    try:
+        await client.api_healthcheck()
+        await client.read_work_pools(limit=1)
+    except Exception as exc:
+        raise HerdError(f"the Prefect server at {PREFECT_API_URL.value()} does not answer ({exc}); "
+                        "is `prefect server start` running?") from None
+
+
+def start_worker(root: Path, key: str, cfg: PoolsConfig, name: str | None) -> None:
+    """Run a Prefect worker on pool `key` with this clone as its workspace, one stage at a time."""
+    if key not in KEYS:
+        raise HerdError(f"no pool {key!r}: the pools are {', '.join(KEYS)} (runtime.pools)")
+    os.environ[WORKSPACE_ENV] = str(root)
+    pool = getattr(cfg, key)
+    cmd = ["prefect", "worker", "start", "--pool", pool.name, "--limit", "1",
+           *(["--name", name] if name else [])]
+    os.execvp(cmd[0], cmd)
+
+
+def dispatch(stage: str, key: str, parameters: dict, cfg: PoolsConfig) -> str:
+    """Run `stage` as a flow run of its pool's deployment and wait; returns how it ended there
+    (Ran or Restored)."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(deployment(key), parameters=parameters, flow_run_name=stage, timeout=cfg.timeout_s,
+                         poll_interval=2, tags=["herd", f"stage:{stage}"])
+    state = run.state
+    if state is None or not state.is_completed():
+        name = state.name if state else "no state"
+        if state is not None and not state.is_final():
+            raise HerdError(f"stage {stage} did not finish on the {key} pool within runtime.pools.timeout_s "
+                            f"(flow run {run.name}: {name}); are workers running? `herd worker {key}`")
+        raise HerdError(f"stage {stage} failed on the {key} pool (flow run {run.name}: {name}: {state.message})")
+    return state.name
