@@ -9,6 +9,7 @@
     herd serve [MODEL]      serve a registered model on 127.0.0.1 (mlflow models serve)
     herd dag [--write]      the recipe's stages; --write regenerates dvc.yaml from herd/recipe.py
     herd check              validate params.yaml against every section's schema
+    herd exp run -S K=V     a param variant in a workspace of its own, saved as a DVC experiment
     herd deploy             create the work pools and the per-stage deployments on the Prefect server
     herd worker POOL        a Prefect worker for the cpu or gpu pool, with this clone as its workspace
     herd filter ...         the corpus filter on any file, outside the pipeline
@@ -45,8 +46,9 @@ def cmd_run(args) -> None:
     run_pipeline(args.stages, args.force, args.wait, args.verbose, args.pools)
 
 
-def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool, pools: bool = False) -> None:
-    root = project_root()
+def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool, pools: bool = False,
+                 root=None, experiment: str | None = None) -> None:
+    root = root or project_root()
     check_params(root)
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
@@ -59,7 +61,7 @@ def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool, poo
         started = time.time()
         try:
             with stop_on_signals():  # again inside the flow, where Prefect installs its own handler
-                outcome = pipeline(str(root), targets, force, pools)
+                outcome = pipeline(str(root), targets, force, pools, experiment)
         except KeyboardInterrupt:
             raise HerdError(f"stopped by {STAGES.stopping or 'an interrupt'}: the running stage saved what it "
                             "could resume from; finished stages and dvc.lock are as they were") from None
@@ -138,6 +140,23 @@ def cmd_serve(args) -> None:
         sys.exit(130)
 
 
+def cmd_exp_run(args) -> None:
+    from herd.orchestration import experiments
+
+    root = project_root()
+    check_params(root)
+    changes = experiments.parse_sets(args.set)
+    name = args.name or experiments.name_for(changes)
+    workspace = experiments.prepare(root, changes, name)
+    print(f"[herd] experiment {name}: {', '.join(f'{k}={v}' for k, v in changes.items())}, in {workspace}", flush=True)
+    try:
+        run_pipeline(args.stages, False, False, args.verbose, args.pools, root=workspace, experiment=name)
+        experiments.save(workspace, name)
+    finally:
+        experiments.remove(root, workspace)
+    print(f"[herd] experiment {name} saved: `dvc exp show` compares it, `dvc exp apply {name}` brings it here")
+
+
 def cmd_deploy(args) -> None:
     from herd.orchestration.pools import deploy
 
@@ -210,6 +229,17 @@ def main(argv: list[str] | None = None) -> None:
     group.add_argument("--check", action="store_true", help="fail when dvc.yaml differs from the recipe")
     dag.set_defaults(fn=cmd_dag)
     sub.add_parser("check", help="validate params.yaml").set_defaults(fn=cmd_check)
+    exp = sub.add_parser("exp", help="experiments: param variants that run side by side").add_subparsers(
+        dest="exp_command", required=True)
+    exp_run = exp.add_parser("run", help="run a param variant in a workspace of its own (several can run at "
+                             "once) and save it as a DVC experiment (`dvc exp show`)")
+    exp_run.add_argument("stages", nargs="*", metavar="STAGE", help="run only up to and including these stages")
+    exp_run.add_argument("-S", "--set", action="append", required=True, metavar="KEY=VALUE",
+                         help="a param to change, e.g. -S dpo.beta=0.2 (repeatable)")
+    exp_run.add_argument("-n", "--name", help="the experiment's name (default: from the changes)")
+    exp_run.add_argument("--pools", action="store_true", help="run its stages on the work pools")
+    exp_run.add_argument("--verbose", action="store_true", help="show Prefect's log and full tracebacks")
+    exp_run.set_defaults(fn=cmd_exp_run)
     sub.add_parser("deploy", help="create the work pools of runtime.pools (if missing) and the herd-stage "
                    "deployments on the Prefect server your profile points at").set_defaults(fn=cmd_deploy)
     worker = sub.add_parser("worker", help="start a Prefect worker for a pool in this clone (its workspace); it "

@@ -237,7 +237,7 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
     import mlflow
 
     experiment_id = tracking.setup(cfg.runtime.tracking, root)
-    tracking.close_abandoned_runs(experiment_id, name)
+    tracking.close_abandoned_runs(experiment_id, name, root)
     code = code_version(root)
     parent, launcher_tags = tracking.launcher_parent(experiment_id, (code["git_commit"] or code["code_sha256"])[:10])
     started = time.time()
@@ -245,7 +245,8 @@ def stage_run(spec: StageSpec, name: str, inputs: dict[str, str], root: Path | N
     params = st.recipe_params
     _seed_everything(int(params.get("seed", 0)))
     with mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent,
-                          tags={"herd.stage": name, **launcher_tags}) as run:
+                          tags={"herd.stage": name, "herd.workspace": tracking.workspace_tag(root),
+                                **launcher_tags}) as run:
         mlflow.log_params(tracking.flatten(params))
         st.run_id, st.logger = run.info.run_id, tracking.MetricLogger(run.info.run_id)
         try:

@@ -1,5 +1,7 @@
 """The training loop: data plan, gradient accumulation, exact resume, distillation."""
 
+import json
+from functools import cached_property
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ import torch
 from herd.data import corpus
 from herd.data.tokens import EOT, special_id, tokenize_stream, train_tokenizer
 from herd.model.llama import Llama, LlamaConfig
+from herd.runtime.checkpoints import Checkpoints
 from herd.runtime.config import TrainRuntime
 from herd.training.config import TrainConfig
 from herd.training.lm import PretrainLoss, RampStep, WindowSampler, domain_losses, lm_loss
@@ -30,9 +33,21 @@ def tiny(vocab: int, eot: int, dim: int = 32, layers: int = 1, seed: int = 0) ->
     return m
 
 
-def fit(model, sampler, folder, steps, loss_fn=lm_loss, lr=3e-3, precision="fp32", compile=False):
-    ctx = LocalRun("test", folder, TrainConfig(precision=precision),
-                   TrainRuntime(checkpoint_every=5, log_every=5, compile=compile))
+class MirroredRun(LocalRun):
+    """A run on a worker whose checkpoints are mirrored to a URL (runtime.train.checkpoints)."""
+
+    url: str = ""
+
+    @cached_property
+    def checkpoints(self) -> Checkpoints:
+        return Checkpoints(self.folder, self.url)
+
+
+def fit(model, sampler, folder, steps, loss_fn=lm_loss, lr=3e-3, precision="fp32", compile=False, url=None):
+    ctx = (MirroredRun if url else LocalRun)("test", folder, TrainConfig(precision=precision),
+                                             TrainRuntime(checkpoint_every=5, log_every=5, compile=compile))
+    if url:
+        ctx.url = url
     train(ctx, model, steps=steps, lr_at=lambda s: lr, batch_at=sampler, loss_fn=loss_fn, weight_decay=0.0,
           grad_clip=1.0, key="k")
     return ctx
@@ -97,6 +112,30 @@ def test_resume_from_checkpoint_equals_uninterrupted(streams, tmp_path):
     ctx = fit(resumed, sampler, tmp_path / "resumed", 12, precision="bf16")
     assert ctx.logged[0][0] == 5
     assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
+
+
+def test_a_retry_on_another_worker_resumes_from_checkpoints_mirrored_to_a_url(streams, tmp_path):
+    train_streams, _, eot, vocab = streams
+    sampler = WindowSampler(train_streams, {"math": 1.0}, 32, 8, 0, steps=12, eot_id=eot)
+    whole = tiny(vocab, eot)
+    fit(whole, sampler, tmp_path / "whole", 12)
+    url = (tmp_path / "bucket").as_uri()
+
+    def kill_at_step_7(step):
+        if step == 7:
+            raise KeyboardInterrupt
+        return sampler(step)
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(vocab, eot), kill_at_step_7, tmp_path / "worker-1", 12, url=url)
+    assert json.loads((tmp_path / "bucket" / "latest" / "state.json").read_text())["step"] == 5
+    (tmp_path / "bucket" / "other.tmp").mkdir()  # an upload cut short by a kill is never read
+    resumed = tiny(vocab, eot, seed=99)
+    ctx = fit(resumed, sampler, tmp_path / "worker-2", 12, url=url)  # a fresh machine: nothing local
+    assert ctx.logged[0][0] == 5 and not (tmp_path / "worker-2" / "other.tmp").exists()
+    assert all(torch.equal(whole.state_dict()[k], resumed.state_dict()[k]) for k in whole.state_dict())
+    ctx.checkpoints.clear()
+    assert not (tmp_path / "bucket").exists()
 
 
 def test_distillation_from_a_stronger_teacher_lowers_validation_loss(streams, tmp_path):

@@ -128,10 +128,11 @@ def upto(dag: dict[str, list[str]], targets: list[str]) -> dict[str, list[str]]:
 
 @flow(name="herd-pipeline", log_prints=False)
 def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = False,
-             pools: bool = False) -> dict[str, str]:
+             pools: bool = False, experiment: str | None = None) -> dict[str, str]:
     """Run the stages of dvc.yaml in dependency order (all, or up to and including `targets`),
     skipping the up-to-date ones; `force` reruns the targets (or every stage) regardless; `pools`
-    runs each stale stage on its work pool (see `herd deploy`)."""
+    runs each stale stage on its work pool (see `herd deploy`); `experiment` names the DVC
+    experiment it is (`herd exp run`)."""
     import mlflow
 
     path = Path(root).resolve()
@@ -141,7 +142,7 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
         dag = upto(dag, targets)
     placement = {}
     if pools:
-        from herd.orchestration.pools import pool_of
+        from herd.orchestration.pools import missing_workers, pool_of
 
         if not dvc.default_remote(path):
             raise HerdError("--pools shares outputs through a DVC remote, and this project has none: "
@@ -151,11 +152,17 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
                             "(or MLFLOW_TRACKING_URI) to it, e.g. http://127.0.0.1:5000")
         commit_of(path)
         placement = {s.name: pool_of(s, params.runtime.pools) for s in stages(path)}
+        for key in missing_workers(params.runtime.pools):
+            print(f"[herd] no worker is online on the {key} pool yet: its stages wait for one "
+                  f"(`herd worker {key}` in a clone of the project)", flush=True)
     experiment_id = tracking.setup(params.runtime.tracking, path)
-    tracking.close_abandoned_runs(experiment_id, "pipeline")
+    tracking.close_abandoned_runs(experiment_id, "pipeline", path)
+    tags = {"herd.stage": "pipeline", "herd.workspace": tracking.workspace_tag(path),
+            **({"herd.dvc_exp": experiment} if experiment else {})}
     outcome = {}
     with session.stop_on_signals(), \
-            mlflow.start_run(experiment_id=experiment_id, run_name="pipeline", tags={"herd.stage": "pipeline"}) as run:
+            mlflow.start_run(experiment_id=experiment_id, run_name=f"pipeline {experiment or ''}".strip(),
+                             tags=tags) as run:
         futures = {}
         for stage, upstream in dag.items():  # dvc.yaml's order is a topological order of the recipe
             forced = force and (not targets or stage in targets)

@@ -10,6 +10,7 @@ evaluation, report) on the `cpu` pool; `runtime.pools.stages` moves any stage.
 import asyncio
 import os
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 from herd.errors import HerdError
@@ -17,6 +18,8 @@ from herd.orchestration.worker import FLOW, WORKSPACE_ENV, run_stage_on_worker
 from herd.recipe import Stage
 from herd.runtime.config import PoolsConfig
 
+ZOMBIES = "herd: crash unresponsive stage runs"
+HEARTBEAT_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of workers (Prefect's minimum)
 ENTRYPOINT = "herd.orchestration.worker.run_stage_on_worker"  # a module path: workers import it from herd
 KEYS = ("cpu", "gpu")
 
@@ -63,7 +66,36 @@ async def _deploy(cfg: PoolsConfig) -> list[str]:
                                            description=f"one Herd stage on the {key} pool")
             lines.append(f"work pool {pool.name!r} {made}, concurrency {pool.concurrency}; "
                          f"deployment {deployment(key)!r} with job variables {variables}")
+        lines.append(await _crash_unresponsive_runs(client))
     return lines
+
+
+async def _crash_unresponsive_runs(client) -> str:
+    """Prefect's zombie-flow automation: a flow run whose heartbeats stop (its machine died
+    without a word: SIGKILL, power loss, eviction) is marked Crashed, so the orchestrator's
+    retry dispatches the stage again and the pool's concurrency slot is freed."""
+    from prefect.automations import Automation
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    if await client.read_automations_by_name(ZOMBIES):
+        return f"automation {ZOMBIES!r} exists"
+    await Automation(
+        name=ZOMBIES,
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                    "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            match_related=ResourceSpecification({"prefect.resource.role": "flow", "prefect.resource.name": FLOW}),
+            for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+            within=timedelta(seconds=3 * HEARTBEAT_S)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {3 * HEARTBEAT_S} s: its worker is gone")],
+    ).acreate()
+    return f"automation {ZOMBIES!r} created (flow runs silent for {3 * HEARTBEAT_S} s are marked Crashed)"
 
 
 def _create_pool(name: str, kind: str) -> None:
@@ -93,10 +125,34 @@ def start_worker(root: Path, key: str, cfg: PoolsConfig, name: str | None) -> No
     if key not in KEYS:
         raise HerdError(f"no pool {key!r}: the pools are {', '.join(KEYS)} (runtime.pools)")
     os.environ[WORKSPACE_ENV] = str(root)
+    os.environ.setdefault("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", str(HEARTBEAT_S))  # see _crash_unresponsive_runs
     pool = getattr(cfg, key)
     cmd = ["prefect", "worker", "start", "--pool", pool.name, "--limit", "1",
            *(["--name", name] if name else [])]
     os.execvp(cmd[0], cmd)
+
+
+def missing_workers(cfg: PoolsConfig) -> list[str]:
+    """The pools with no worker online (their stages would wait for one)."""
+    return asyncio.run(_missing_workers(cfg))
+
+
+async def _missing_workers(cfg: PoolsConfig) -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    missing = []
+    async with get_client() as client:
+        await _reachable(client)
+        for key in KEYS:
+            name = getattr(cfg, key).name
+            try:
+                workers = await client.read_workers_for_work_pool(name)
+            except ObjectNotFound:
+                raise HerdError(f"the Prefect server has no work pool {name!r}: run `herd deploy` first") from None
+            if not any(str(w.status).upper().endswith("ONLINE") for w in workers):
+                missing.append(key)
+    return missing
 
 
 def dispatch(stage: str, key: str, parameters: dict, cfg: PoolsConfig) -> str:

@@ -10,6 +10,7 @@ its own dvc.lock: workers never write the orchestrator's files.
 """
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -71,8 +72,13 @@ def run_stage_on_worker(stage: str, commit: str, repo: str, params: str, lock: s
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     log = state_dir(root) / "logs" / f"{stage}.log"
     started = time.time()
-    with session.stop_on_signals():  # a SIGTERM to this flow run stops the stage at a checkpoint
+    try:
         outcome = _run(root, stage, upstream, force, env, log)
+    except BaseException:
+        # Prefect turns a SIGTERM to this flow run into an exception here (and reports the run
+        # Crashed, so the orchestrator retries it): stop the stage first, at a checkpoint.
+        session.STAGES.stop(signal.SIGTERM)
+        raise
     logger.info(f"{stage}: {outcome.lower()} in {time.time() - started:.1f}s, outputs pushed to the DVC remote")
     return Completed(name=outcome, message=f"{stage} {outcome.lower()} on {os.uname().nodename}")
 
@@ -85,8 +91,6 @@ def _run(root: Path, stage: str, upstream: list[str], force: bool, env: dict, lo
                             f"log: {log} on {os.uname().nodename}")
     cmd = ["dvc", "repro", "--single-item", "--pull", *(["--force"] if force else []), stage]
     code = session.STAGES.run(cmd, str(root), env, log)
-    if session.STAGES.stopping:
-        raise KeyboardInterrupt
     if code != 0:
         raise HerdError(f"stage {stage} failed on this worker (exit {code}); log: {log} on {os.uname().nodename}")
     dvc.push(root, stage)

@@ -7,6 +7,7 @@ buffered and sent with `log_batch`, which is ~50x faster than one call per value
 """
 
 import os
+import socket
 import time
 from pathlib import Path
 
@@ -59,13 +60,21 @@ def launcher_parent(experiment_id: str, code_version: str) -> tuple[str | None, 
     return run.info.run_id, tags
 
 
-def close_abandoned_runs(experiment_id: str, stage: str) -> None:
-    """Runs of `stage` still RUNNING belong to a process killed without a chance to close them
-    (SIGKILL, power loss): mark them FAILED before a new one starts."""
+def workspace_tag(root: Path) -> str:
+    """Where a run ran: the machine and the checkout (workers and experiments each have their own)."""
+    return f"{socket.gethostname()}:{Path(root).resolve()}"
+
+
+def close_abandoned_runs(experiment_id: str, stage: str, root: Path) -> None:
+    """Runs of `stage` from this workspace still RUNNING belong to a process killed without a
+    chance to close them (SIGKILL, power loss): mark them FAILED before a new one starts. Runs of
+    other workspaces (workers, experiments running at the same time) are theirs to close."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    for run in client.search_runs([experiment_id], f"tags.`herd.stage` = '{stage}' and attributes.status = 'RUNNING'"):
+    query = (f"tags.`herd.stage` = '{stage}' and tags.`herd.workspace` = '{workspace_tag(root)}' "
+             "and attributes.status = 'RUNNING'")
+    for run in client.search_runs([experiment_id], query):
         client.set_tag(run.info.run_id, "herd.error", "abandoned: its process ended without closing the run")
         client.set_terminated(run.info.run_id, "FAILED")
 
