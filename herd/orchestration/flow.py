@@ -83,7 +83,8 @@ def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = Fa
             lock = (path / "dvc.lock").read_text() if (path / "dvc.lock").is_file() else ""
         parameters = {"stage": stage, "commit": commit_of(path), "repo": params.runtime.pools.repo or str(path),
                       "params": (path / "params.yaml").read_text(), "lock": lock, "upstream": upstream or [],
-                      "parent_run_id": parent_run_id, "tracking_uri": tracking.tracking_uri(params.runtime.tracking.uri, path), "force": force}
+                      "parent_run_id": parent_run_id, "force": force,
+                      "tracking_uri": tracking.tracking_uri(params.runtime.tracking.uri, path)}
         there = pools.dispatch(stage, pool, parameters, params.runtime.pools)
         with DVC_LOCK:
             local_repro(stage, path, env, restore_only=True)

@@ -23,8 +23,8 @@ OFFLINE = {
 
 PREFECT_USER_SETTINGS = ("PREFECT_HOME", "PREFECT_PROFILES_PATH", "PREFECT_PROFILE", "PREFECT_API_URL")
 
-VERBOSE_ENV = "HERD_VERBOSE"
-RESTORE_ONLY_ENV = "HERD_RESTORE_ONLY"  # names a stage being restored from the DVC remote: it must not run  # set by `herd run --verbose`: stages print full tracebacks
+VERBOSE_ENV = "HERD_VERBOSE"  # set by `herd run --verbose`: stages print full tracebacks
+RESTORE_ONLY_ENV = "HERD_RESTORE_ONLY"  # names a stage being restored from the DVC remote: it must not run
 
 
 def project_root(start: Path | None = None) -> Path:
