@@ -87,12 +87,12 @@ def pipeline_project(tmp_path_factory) -> Path:
     return project
 
 
-def run_flow(project: Path, offline: bool = False) -> subprocess.CompletedProcess:
-    """`herd run` in the project, as a user would; returns the finished process. Offline, it runs
-    in a network namespace with only loopback up: any attempt to reach the network fails."""
-    cmd = ["python", "-m", "herd.cli", "run"]
+def run_flow(project: Path, *targets: str, offline: bool = False) -> subprocess.CompletedProcess:
+    """`herd run [targets]` in the project, as a user would; returns the finished process. Offline,
+    it runs in a network namespace with only loopback up: any attempt to reach the network fails."""
+    cmd = ["python", "-m", "herd.cli", "run", *targets]
     if offline:
-        cmd = ["unshare", "-n", "sh", "-c", "ip link set lo up && exec python -m herd.cli run"]
+        cmd = ["unshare", "-n", "sh", "-c", f"ip link set lo up && exec python -m herd.cli run {' '.join(targets)}"]
     proc = subprocess.run(cmd, cwd=project, env=project_env(project), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc

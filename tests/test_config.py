@@ -147,3 +147,35 @@ def test_a_bad_profile_leaves_params_as_they_were(tmp_path):
     assert (folder / "params.yaml").read_text() == before
     with pytest.raises(HerdError, match=r"no profile 'demo2'.*the profiles are: p"):
         apply_profile(folder, "demo2", check_params)
+
+
+def prefect_settings_in(project, home, **env):
+    """PREFECT_HOME and the API URL that Prefect sees once herd is imported in `project`."""
+    import subprocess
+    import sys
+
+    from tests.conftest import project_env
+
+    environ = {k: v for k, v in project_env(project).items() if not k.startswith("PREFECT_")}
+    environ.update(HOME=str(home), **env)
+    code = ("import os, herd; from prefect.settings import PREFECT_API_URL; "
+            "print(os.environ.get('PREFECT_HOME')); print(PREFECT_API_URL.value())")
+    out = subprocess.run([sys.executable, "-c", code], cwd=project, env=environ, capture_output=True, text=True,
+                         check=True).stdout.split("\n")
+    return out[0], out[1]
+
+
+def test_a_users_prefect_profile_is_used_and_only_a_user_without_one_gets_the_offline_default(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "params.yaml").write_text("seed: 1\n")
+    bare, with_profile = tmp_path / "bare", tmp_path / "user"
+    bare.mkdir()
+    (with_profile / ".prefect").mkdir(parents=True)
+    (with_profile / ".prefect" / "profiles.toml").write_text(
+        'active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://127.0.0.1:4999/api"\n')
+
+    assert prefect_settings_in(project, bare) == (str(project / ".herd" / "prefect"), "None")
+    assert prefect_settings_in(project, with_profile) == ("None", "http://127.0.0.1:4999/api")
+    assert prefect_settings_in(project, bare, PREFECT_API_URL="http://127.0.0.1:4998/api") == \
+        ("None", "http://127.0.0.1:4998/api")

@@ -9,9 +9,10 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from herd.recipe import stages
-from tests.conftest import REPO, descendants, kill_once_written, project_env, run_flow, set_param, stage_lines
+from tests.conftest import REPO, kill_once_written, project_env, run_flow, set_param, stage_lines
 
 pytestmark = pytest.mark.slow
 
@@ -63,11 +64,17 @@ def test_second_run_skips_every_stage(pipeline_project):
     assert time.time() - started < 90
 
 
-def test_param_changes_rerun_exactly_their_descendants(pipeline_project):
+def test_a_param_change_reruns_its_readers_and_setting_it_back_restores_them(pipeline_project):
+    beta = yaml.safe_load((pipeline_project / "params.yaml").read_text())["dpo"]["beta"]
     set_param(pipeline_project, "dpo.beta", 0.2)
-    ran = [s for s, v in stage_lines(run_flow(pipeline_project)).items() if v == "running"]
-    assert sorted(ran) == sorted(descendants(["dpo", "dpo_r2"]))  # the next round samples from dpo's policy
-    assert "sft" not in ran and "reward" not in ran
+    ran = [s for s, v in stage_lines(run_flow(pipeline_project, "eval_dpo")).items() if v == "running"]
+    assert ran == ["dpo", "eval_dpo"]  # up to eval_dpo: the stages dpo.beta reaches on the way
+
+    # Set back: DVC's run-cache restores both instead of running them; nothing else changed.
+    set_param(pipeline_project, "dpo.beta", beta)
+    proc = run_flow(pipeline_project)
+    assert stage_lines(proc) == {s: "running" if s in ("dpo", "eval_dpo") else "skipped" for s in ALL}
+    assert "0 ran, 2 restored (DVC's run-cache)" in proc.stdout
 
     set_param(pipeline_project, "runtime.train.log_every", 3)
     assert stage_lines(run_flow(pipeline_project)) == {s: "skipped" for s in ALL}
@@ -216,7 +223,7 @@ def test_sigterm_stops_herd_run_within_seconds_and_the_next_run_resumes(pipeline
     project = pipeline_project
     model = project / "artifacts" / "pretrain" / "model" / "model.safetensors"
     before, lock_before = model.read_bytes(), (project / "dvc.lock").read_text()
-    set_param(project, "pretrain.steps", 900)
+    set_param(project, "pretrain.steps", 150)
     state = project / ".herd" / "checkpoints" / "pretrain" / "latest" / "state.json"
     shutil.rmtree(state.parent.parent, ignore_errors=True)
     proc = herd_run_background(project, project / "sigterm.log")
@@ -244,4 +251,4 @@ def test_sigterm_stops_herd_run_within_seconds_and_the_next_run_resumes(pipeline
     # Resumed by DVC alone (the last test of the file: its descendants need not run again).
     resumed = subprocess.run(["dvc", "repro", "--single-item", "pretrain"], cwd=project, env=project_env(project),
                              capture_output=True, text=True, check=True)
-    assert f"[pretrain] resuming from step {stopped_at}/900" in resumed.stdout + resumed.stderr
+    assert f"[pretrain] resuming from step {stopped_at}/150" in resumed.stdout + resumed.stderr

@@ -1,14 +1,15 @@
 """`herd exp run`: one param variant in a workspace of its own, so several run at once.
 
 The workspace is a git worktree of HEAD under .dvc/tmp/herd/<name> (where DVC keeps its own
-temporary workspaces, outside its view of the project) with this checkout's params.yaml and
-dvc.lock, the changed params, and this checkout's DVC cache: every stage the change leaves alone
+temporary workspaces, outside its view of the project) with this checkout's params.yaml, dvc.lock,
+metrics/ and plots/, the changed params, and this checkout's DVC cache: every stage the change leaves alone
 is up to date there, checked out from the cache, and only the changed stages run (on the pools
 with `--pools`). The result is saved as a DVC experiment (`dvc exp save`: `dvc exp show` lists it
 beside the workspace; `dvc exp apply NAME` brings it here) and the workspace removed.
 """
 
 import hashlib
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -58,8 +59,14 @@ def prepare(root: Path, changes: dict, name: str) -> Path:
         check_params(workspace)
         if (root / "dvc.lock").is_file():
             (workspace / "dvc.lock").write_text((root / "dvc.lock").read_text())
+        for summary in ("metrics", "plots"):  # git-tracked outputs dvc.lock records; not in DVC's cache
+            if (root / summary).is_dir():
+                shutil.rmtree(workspace / summary, ignore_errors=True)
+                shutil.copytree(root / summary, workspace / summary)
         _run(["dvc", "config", "--local", "cache.dir", str((root / ".dvc" / "cache").resolve())], workspace,
              "sharing the DVC cache")
+        # Links, not copies, of what the cache holds (stages never write into their inputs).
+        _run(["dvc", "config", "--local", "cache.type", "reflink,hardlink,copy"], workspace, "setting the cache links")
         subprocess.run(["dvc", "checkout", "-q"], cwd=workspace, capture_output=True)  # what the cache has
     except BaseException:
         remove(root, workspace)

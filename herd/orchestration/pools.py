@@ -20,6 +20,7 @@ from herd.runtime.config import PoolsConfig
 
 ZOMBIES = "herd: crash unresponsive stage runs"
 HEARTBEAT_S = 30  # PREFECT_FLOWS_HEARTBEAT_FREQUENCY of workers (Prefect's minimum)
+SILENT_S = 2 * HEARTBEAT_S  # two heartbeats missed: the worker is gone
 ENTRYPOINT = "herd.orchestration.worker.run_stage_on_worker"  # a module path: workers import it from herd
 KEYS = ("cpu", "gpu")
 
@@ -91,11 +92,11 @@ async def _crash_unresponsive_runs(client) -> str:
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             match_related=ResourceSpecification({"prefect.resource.role": "flow", "prefect.resource.name": FLOW}),
             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
-            within=timedelta(seconds=3 * HEARTBEAT_S)),
+            within=timedelta(seconds=SILENT_S)),
         actions=[ChangeFlowRunState(state=StateType.CRASHED,
-                                    message=f"no heartbeat for {3 * HEARTBEAT_S} s: its worker is gone")],
+                                    message=f"no heartbeat for {SILENT_S} s: its worker is gone")],
     ).acreate()
-    return f"automation {ZOMBIES!r} created (flow runs silent for {3 * HEARTBEAT_S} s are marked Crashed)"
+    return f"automation {ZOMBIES!r} created (stage runs silent for {SILENT_S} s are marked Crashed)"
 
 
 def _create_pool(name: str, kind: str) -> None:

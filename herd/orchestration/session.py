@@ -73,6 +73,9 @@ class StageProcesses:
                     sys.stdout.flush()
                     sink.write(chunk)
                 return proc.wait()
+            except BaseException:  # e.g. Prefect's SIGTERM bridge in a worker's flow run: stop the stage first
+                self.stop(signal.SIGTERM)
+                raise
             finally:
                 self.group = None
 

@@ -10,7 +10,6 @@ its own dvc.lock: workers never write the orchestrator's files.
 """
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -72,13 +71,7 @@ def run_stage_on_worker(stage: str, commit: str, repo: str, params: str, lock: s
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     log = state_dir(root) / "logs" / f"{stage}.log"
     started = time.time()
-    try:
-        outcome = _run(root, stage, upstream, force, env, log)
-    except BaseException:
-        # Prefect turns a SIGTERM to this flow run into an exception here (and reports the run
-        # Crashed, so the orchestrator retries it): stop the stage first, at a checkpoint.
-        session.STAGES.stop(signal.SIGTERM)
-        raise
+    outcome = _run(root, stage, upstream, force, env, log)  # a SIGTERM here stops the stage at a checkpoint
     logger.info(f"{stage}: {outcome.lower()} in {time.time() - started:.1f}s, outputs pushed to the DVC remote")
     return Completed(name=outcome, message=f"{stage} {outcome.lower()} on {os.uname().nodename}")
 
