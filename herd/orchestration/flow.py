@@ -60,7 +60,7 @@ def local_repro(stage: str, root: Path, env: dict, force: bool = False, restore_
 
 @task(retries=0)
 def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = False, pool: str | None = None,
-              upstream: list[str] | None = None):
+              upstream: list[str] | None = None, commit: str | None = None):
     logger = get_run_logger()
     path = Path(root)
     with DVC_LOCK:
@@ -81,7 +81,7 @@ def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = Fa
         params = check_params(path)
         with DVC_LOCK:
             lock = (path / "dvc.lock").read_text() if (path / "dvc.lock").is_file() else ""
-        parameters = {"stage": stage, "commit": commit_of(path), "repo": params.runtime.pools.repo or str(path),
+        parameters = {"stage": stage, "commit": commit, "repo": params.runtime.pools.repo or str(path),
                       "params": (path / "params.yaml").read_text(), "lock": lock, "upstream": upstream or [],
                       "parent_run_id": parent_run_id, "force": force,
                       "tracking_uri": tracking.tracking_uri(params.runtime.tracking.uri, path)}
@@ -141,7 +141,7 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
     dag = dvc.graph(path)
     if targets:
         dag = upto(dag, targets)
-    placement = {}
+    placement, commit = {}, None
     if pools:
         from herd.orchestration.pools import missing_workers, pool_of
 
@@ -151,7 +151,7 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
         if tracking.tracking_uri(params.runtime.tracking.uri, path).startswith("sqlite"):
             raise HerdError("--pools needs an MLflow server the workers can reach: set runtime.tracking.uri "
                             "(or MLFLOW_TRACKING_URI) to it, e.g. http://127.0.0.1:5000")
-        commit_of(path)
+        commit = commit_of(path)  # every stage of this run, on every worker, runs this commit
         placement = {s.name: pool_of(s, params.runtime.pools) for s in stages(path)}
         for key in missing_workers(params.runtime.pools):
             print(f"[herd] no worker is online on the {key} pool yet: its stages wait for one "
@@ -169,12 +169,18 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
             forced = force and (not targets or stage in targets)
             options = {"retries": params.runtime.pools.retries, "retry_delay_seconds": 5} if pools else {}
             futures[stage] = run_stage.with_options(name=stage, **options).submit(
-                stage, str(path), run.info.run_id, forced, placement.get(stage), upstream,
+                stage, str(path), run.info.run_id, forced, placement.get(stage), upstream, commit,
                 wait_for=[futures[up] for up in upstream])
             if not pools:  # one stage at a time: two `dvc repro` in one checkout fail on DVC's lock
                 _wait(futures, stage, outcome)
-        for stage in futures if pools else ():  # on pools, independent stages run at once
-            _wait(futures, stage, outcome)
+        try:
+            for stage in futures if pools else ():  # on pools, independent stages run at once
+                _wait(futures, stage, outcome)
+        except KeyboardInterrupt:
+            from herd.orchestration.pools import cancel
+
+            print(f"[herd] stopping: {cancel(run.info.run_id)} stage runs on the pools cancelled", flush=True)
+            raise
         mlflow.set_tags({f"stage.{s}": o for s, o in outcome.items()})
         report = path / "artifacts" / "report" / "metrics.json"
         if report.is_file():

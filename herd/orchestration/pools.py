@@ -156,13 +156,39 @@ async def _missing_workers(cfg: PoolsConfig) -> list[str]:
     return missing
 
 
+def pipeline_tag(pipeline_run_id: str | None) -> str:
+    """Marks the flow runs one pipeline run dispatched (its MLflow run id), so it can cancel them."""
+    return f"pipeline:{pipeline_run_id}"
+
+
+def cancel(pipeline_run_id: str) -> int:
+    """Cancel the pipeline's flow runs still waiting or running (Prefect's cancellation: the
+    worker stops the process, the stage saves a checkpoint); returns how many."""
+    return asyncio.run(_cancel(pipeline_tag(pipeline_run_id)))
+
+
+async def _cancel(tag: str) -> int:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStateType, FlowRunFilterTags
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Cancelling
+
+    live = FlowRunFilter(tags=FlowRunFilterTags(all_=[tag]), state=FlowRunFilterStateType(
+        any_=[StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]))
+    async with get_client() as client:
+        runs = await client.read_flow_runs(flow_run_filter=live)
+        for run in runs:
+            await client.set_flow_run_state(run.id, Cancelling(message="herd run --pools was stopped"), force=True)
+    return len(runs)
+
+
 def dispatch(stage: str, key: str, parameters: dict, cfg: PoolsConfig) -> str:
     """Run `stage` as a flow run of its pool's deployment and wait; returns how it ended there
     (Ran or Restored)."""
     from prefect.deployments import run_deployment
 
     run = run_deployment(deployment(key), parameters=parameters, flow_run_name=stage, timeout=cfg.timeout_s,
-                         poll_interval=2, tags=["herd", f"stage:{stage}"])
+                         poll_interval=2, tags=["herd", f"stage:{stage}", pipeline_tag(parameters["parent_run_id"])])
     state = run.state
     if state is None or not state.is_completed():
         name = state.name if state else "no state"
