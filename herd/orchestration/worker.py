@@ -71,9 +71,19 @@ def run_stage_on_worker(stage: str, commit: str, repo: str, params: str, lock: s
         env["MLFLOW_TRACKING_URI"] = tracking_uri
     log = state_dir(root) / "logs" / f"{stage}.log"
     started = time.time()
-    outcome = _run(root, stage, upstream, force, env, log)  # a SIGTERM here stops the stage at a checkpoint
+    try:
+        outcome = _run(root, stage, upstream, force, env, log)  # a SIGTERM here stops the stage at a checkpoint
+    finally:  # the stage's own output, for the Prefect UI (the full log stays in the worker's clone)
+        if log.is_file():
+            logger.info(f"{stage}, last lines of {log}:\n" + "\n".join(_tail(log)))
     logger.info(f"{stage}: {outcome.lower()} in {time.time() - started:.1f}s, outputs pushed to the DVC remote")
     return Completed(name=outcome, message=f"{stage} {outcome.lower()} on {os.uname().nodename}")
+
+
+def _tail(log: Path, lines: int = 30) -> list[str]:
+    """The last lines of a log, progress-bar redraws (\\r) collapsed to their final state."""
+    text = log.read_bytes().decode(errors="replace")  # read_text would turn each \r into a line
+    return [line.rsplit("\r", 1)[-1] for line in text.rstrip("\n").split("\n")[-lines:]]
 
 
 def _run(root: Path, stage: str, upstream: list[str], force: bool, env: dict, log: Path) -> str:
