@@ -67,7 +67,7 @@ def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool, poo
                             "could resume from; finished stages and dvc.lock are as they were") from None
     counts = {o: sum(v == o for v in outcome.values()) for o in ("ran", "restored", "skipped")}
     print(f"[herd] pipeline finished in {time.time() - started:.0f}s: {counts['ran']} ran, "
-          f"{counts['restored']} restored (DVC's run-cache), {counts['skipped']} skipped")
+          f"{counts['restored']} restored, {counts['skipped']} skipped")
 
 
 def cmd_status(args) -> None:

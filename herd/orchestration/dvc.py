@@ -173,6 +173,12 @@ def _reason(root: Path, stage: str, entries: list) -> str:
     return "; ".join(reasons)
 
 
+def executed(stage: str, log: Path) -> bool:
+    """Whether `dvc repro`, whose output is in `log`, ran the stage's command (rather than
+    restoring its outputs from the remote or the run-cache)."""
+    return f"Running stage '{stage}'" in log.read_bytes().decode(errors="replace")
+
+
 def default_remote(root: Path) -> str | None:
     """The DVC remote a stage's outputs are shared through (`dvc remote add -d`), if any."""
     from dvc.repo import Repo

@@ -25,7 +25,6 @@ from prefect.states import Completed
 
 from herd.errors import HerdError
 from herd.orchestration import dvc, session
-from herd.orchestration.worker import RESTORED
 from herd.recipe import check_params, stages
 from herd.runtime import tracking
 from herd.runtime.env import RESTORE_ONLY_ENV, state_dir
@@ -39,7 +38,7 @@ def say(stage: str, what: str) -> None:
 
 def local_repro(stage: str, root: Path, env: dict, force: bool = False, restore_only: bool = False) -> bool:
     """`dvc repro` one stage here, pulling from and pushing to the DVC remote when there is one;
-    True when DVC restored it from the run-cache instead of running it. If it fails, the last
+    True when DVC restored it (from the remote or its run-cache) instead of running it. If it fails, the last
     good output is put back."""
     remote = dvc.default_remote(root)
     log = state_dir(root) / "logs" / f"{stage}.log"
@@ -55,7 +54,7 @@ def local_repro(stage: str, root: Path, env: dict, force: bool = False, restore_
                             f"full log: {log}")
     if remote:
         dvc.push(root, stage)
-    return RESTORED in log.read_text(errors="replace")
+    return not dvc.executed(stage, log)
 
 
 @task(retries=0)
@@ -94,7 +93,7 @@ def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = Fa
     else:
         restored = local_repro(stage, path, env, force)
         outcome = "restored" if restored else "ran"
-        say(stage, f"restored from DVC's run-cache in {time.time() - started:.1f}s" if restored else
+        say(stage, f"restored in {time.time() - started:.1f}s (not run: DVC had its outputs)" if restored else
             f"done     in {time.time() - started:.1f}s")
     return Completed(name=outcome.capitalize(), message=f"{stage} {outcome}: {reason}")
 

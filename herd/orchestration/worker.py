@@ -24,7 +24,6 @@ from herd.runtime.env import state_dir
 
 WORKSPACE_ENV = "HERD_WORKSPACE"
 FLOW = "herd-stage"
-RESTORED = "is cached - skipping run"  # what `dvc repro` says when its run-cache restores a stage
 
 
 def workspace() -> Path:
@@ -97,4 +96,4 @@ def _run(root: Path, stage: str, upstream: list[str], force: bool, env: dict, lo
     if code != 0:
         raise HerdError(f"stage {stage} failed on this worker (exit {code}); log: {log} on {os.uname().nodename}")
     dvc.push(root, stage)
-    return "Restored" if RESTORED in log.read_text(errors="replace") else "Ran"
+    return "Ran" if dvc.executed(stage, log) else "Restored"
