@@ -142,6 +142,7 @@ def cmd_serve(args) -> None:
 
 def cmd_exp_run(args) -> None:
     from herd.orchestration import experiments
+    from herd.orchestration.flow import upto
 
     root = project_root()
     check_params(root)
@@ -151,7 +152,7 @@ def cmd_exp_run(args) -> None:
     print(f"[herd] experiment {name}: {', '.join(f'{k}={v}' for k, v in changes.items())}, in {workspace}", flush=True)
     try:
         run_pipeline(args.stages, False, False, args.verbose, args.pools, root=workspace, experiment=name)
-        experiments.save(workspace, name)
+        experiments.save(workspace, name, list(upto(dvc.graph(workspace), args.stages)) if args.stages else [])
     finally:
         experiments.remove(root, workspace)
     print(f"[herd] experiment {name} saved: `dvc exp show` compares it, `dvc exp apply {name}` brings it here")

@@ -171,7 +171,8 @@ def test_the_pipeline_runs_on_the_pools_and_a_killed_worker_is_replaced(cluster,
 
     project = cluster.project
     log = cluster.logs / "run.log"
-    run = start([sys.executable, "-m", "herd.cli", "run", "--pools", *TARGETS], project, cluster.project_env, log)
+    run = cluster.spawn([sys.executable, "-m", "herd.cli", "run", "--pools", *TARGETS], project, cluster.project_env,
+                        "run")
     checkpoint = cluster.shared / "pretrain" / "latest" / "state.json"
     deadline = time.time() + 600
     while time.time() < deadline and run.poll() is None and not checkpoint.exists():
@@ -238,8 +239,8 @@ def test_two_experiments_run_at_once_on_the_pools_sharing_the_upstream_stages(cl
     """Must-hold 4: two variants of one knob started together both complete on the pools; the
     stages it leaves alone run in neither; both are DVC experiments and MLflow pipeline runs."""
     project = cluster.project
-    runs = {value: start([sys.executable, "-m", "herd.cli", "exp", "run", "--pools", "-S", f"{KNOB}={value}",
-                          "-n", f"v{value}", *TARGETS], project, cluster.project_env, cluster.logs / f"exp-{value}.log")
+    runs = {value: cluster.spawn([sys.executable, "-m", "herd.cli", "exp", "run", "--pools", "-S", f"{KNOB}={value}",
+                                  "-n", f"v{value}", *TARGETS], project, cluster.project_env, f"exp-{value}")
             for value in VALUES}
     for value, proc in runs.items():
         assert proc.wait(timeout=900) == 0, (cluster.logs / f"exp-{value}.log").read_text()[-4000:]
@@ -264,3 +265,24 @@ def test_two_experiments_run_at_once_on_the_pools_sharing_the_upstream_stages(cl
         nested = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         assert {r.data.tags["herd.stage"] for r in nested} == set(changed)
         assert all(float(r.data.params[KNOB]) == value for r in nested if KNOB in r.data.params)
+
+
+def test_a_stage_is_dispatched_again_when_its_worker_is_lost_and_not_when_it_fails():
+    from prefect import flow, task
+
+    from herd.errors import HerdError
+    from herd.orchestration.pools import WorkerLost, worker_lost
+
+    attempts = []
+
+    @task(retries=2, retry_delay_seconds=0, retry_condition_fn=worker_lost)
+    def stage(outcome: str):
+        attempts.append(outcome)
+        raise WorkerLost("its worker vanished") if outcome == "lost" else HerdError("diverged at step 7")
+
+    @flow
+    def pipeline(outcome: str):
+        return stage(outcome, return_state=True)
+
+    assert pipeline("lost").is_failed() and pipeline("failed").is_failed()
+    assert attempts == ["lost", "lost", "lost", "failed"]

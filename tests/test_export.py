@@ -48,7 +48,7 @@ def stage(tmp_path, name: str, roles: dict[str, str], **params) -> StageRun:
         manifest = {"stage": upstream, "mlflow_run_id": f"run-{upstream}", "output_sha256": "ab" * 32,
                     "lineage": LINEAGE}
         (inputs[role] / "manifest.json").write_text(json.dumps(manifest))
-    cfg = OmegaConf.create({"seed": 0, name: params, "runtime": {"train": {"log_every": 1}}})
+    cfg = OmegaConf.create({"seed": 0, name: params, "runtime": {"train": {"log_every": 1, "checkpoints": ""}}})
     kind = importlib.import_module(f"tasks.{name}").SPEC.model  # what the stage declares it makes
     return StageRun(name, cfg, tmp_path, tmp_path / "artifacts" / f".{name}.tmp", inputs, {}, f"run-{name}", kind)
 

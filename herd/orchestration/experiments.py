@@ -74,8 +74,10 @@ def prepare(root: Path, changes: dict, name: str) -> Path:
     return workspace
 
 
-def save(workspace: Path, name: str) -> None:
-    _run(["dvc", "exp", "save", "--force", "-n", name], workspace, "dvc exp save")
+def save(workspace: Path, name: str, stages: list[str]) -> None:
+    """Record the workspace as experiment `name`; `stages` limits what DVC commits (an experiment
+    run up to some stages leaves the later ones' outputs out)."""
+    _run(["dvc", "exp", "save", "--force", "-n", name, *stages], workspace, "dvc exp save")
 
 
 def remove(root: Path, workspace: Path) -> None:

@@ -142,7 +142,7 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
         dag = upto(dag, targets)
     placement, commit = {}, None
     if pools:
-        from herd.orchestration.pools import missing_workers, pool_of
+        from herd.orchestration.pools import missing_workers, pool_of, worker_lost
 
         if not dvc.default_remote(path):
             raise HerdError("--pools shares outputs through a DVC remote, and this project has none: "
@@ -166,7 +166,8 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
         futures = {}
         for stage, upstream in dag.items():  # dvc.yaml's order is a topological order of the recipe
             forced = force and (not targets or stage in targets)
-            options = {"retries": params.runtime.pools.retries, "retry_delay_seconds": 5} if pools else {}
+            options = {"retries": params.runtime.pools.retries, "retry_delay_seconds": 5,
+                       "retry_condition_fn": worker_lost} if pools else {}
             futures[stage] = run_stage.with_options(name=stage, **options).submit(
                 stage, str(path), run.info.run_id, forced, placement.get(stage), upstream, commit,
                 wait_for=[futures[up] for up in upstream])

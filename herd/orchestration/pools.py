@@ -25,6 +25,10 @@ ENTRYPOINT = "herd.orchestration.worker.run_stage_on_worker"  # a module path: w
 KEYS = ("cpu", "gpu")
 
 
+class WorkerLost(HerdError):
+    """The flow run crashed (its worker was killed or vanished): another worker may take it."""
+
+
 def pool_of(stage: Stage, cfg: PoolsConfig) -> str:
     return cfg.stages.get(stage.name) or ("gpu" if stage.spec.trains else "cpu")
 
@@ -190,10 +194,19 @@ def dispatch(stage: str, key: str, parameters: dict, cfg: PoolsConfig) -> str:
     run = run_deployment(deployment(key), parameters=parameters, flow_run_name=stage, timeout=cfg.timeout_s,
                          poll_interval=2, tags=["herd", f"stage:{stage}", pipeline_tag(parameters["parent_run_id"])])
     state = run.state
-    if state is None or not state.is_completed():
-        name = state.name if state else "no state"
-        if state is not None and not state.is_final():
-            raise HerdError(f"stage {stage} did not finish on the {key} pool within runtime.pools.timeout_s "
-                            f"(flow run {run.name}: {name}); are workers running? `herd worker {key}`")
-        raise HerdError(f"stage {stage} failed on the {key} pool (flow run {run.name}: {name}: {state.message})")
+    if state is None or not state.is_final():
+        raise HerdError(f"stage {stage} did not finish on the {key} pool within runtime.pools.timeout_s "
+                        f"(flow run {run.name}: {state.name if state else 'no state'}); are workers running? "
+                        f"`herd worker {key}`")
+    if state.is_crashed():
+        raise WorkerLost(f"stage {stage}: its worker on the {key} pool was lost (flow run {run.name}: "
+                         f"{state.message})")
+    if not state.is_completed():
+        raise HerdError(f"stage {stage} failed on the {key} pool (flow run {run.name}: {state.name}: "
+                        f"{state.message}); its log is in the Prefect UI and the worker's clone")
     return state.name
+
+
+def worker_lost(task, task_run, state) -> bool:
+    """Retry a stage whose worker was lost; a stage that failed by itself would fail again."""
+    return isinstance(state.result(raise_on_failure=False), WorkerLost)
