@@ -59,11 +59,11 @@ def local_repro(stage: str, root: Path, env: dict, force: bool = False, restore_
 
 @task(retries=0)
 def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = False, pool: str | None = None,
-              upstream: list[str] | None = None, commit: str | None = None):
+              upstream: list[str] | None = None, commit: str | None = None, maybe_stale: bool = True):
     logger = get_run_logger()
     path = Path(root)
     with DVC_LOCK:
-        reason = "forced (--force)" if force else dvc.why_stale(path, stage)
+        reason = "forced (--force)" if force else dvc.why_stale(path, stage) if maybe_stale else None
     if reason is None:
         logger.info(f"{stage}: skipped (up to date)")
         say(stage, "skipped  (up to date)")
@@ -155,6 +155,8 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
         for key in missing_workers(params.runtime.pools):
             print(f"[herd] no worker is online on the {key} pool yet: its stages wait for one "
                   f"(`herd worker {key}` in a clone of the project)", flush=True)
+    # One DVC status for the whole graph: a stage outside this set is up to date whatever runs before it.
+    pending = set(dvc.would_run(path, dag))
     experiment_id = tracking.setup(params.runtime.tracking, path)
     tracking.close_abandoned_runs(experiment_id, "pipeline", path)
     tags = {"herd.stage": "pipeline", "herd.workspace": tracking.workspace_tag(path),
@@ -169,7 +171,7 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
             options = {"retries": params.runtime.pools.retries, "retry_delay_seconds": 5,
                        "retry_condition_fn": worker_lost} if pools else {}
             futures[stage] = run_stage.with_options(name=stage, **options).submit(
-                stage, str(path), run.info.run_id, forced, placement.get(stage), upstream, commit,
+                stage, str(path), run.info.run_id, forced, placement.get(stage), upstream, commit, stage in pending,
                 wait_for=[futures[up] for up in upstream])
             if not pools:  # one stage at a time: two `dvc repro` in one checkout fail on DVC's lock
                 _wait(futures, stage, outcome)
