@@ -73,7 +73,7 @@ class PoolsConfig:
         "gpu", job_variables={"env": {"CUDA_VISIBLE_DEVICES": "0"}}))  # the stages that train
     stages: dict[str, str] = field(default_factory=dict)  # stage -> cpu | gpu, overriding the above
     repo: str = ""  # git URL workers fetch the pipeline's commit from (empty: this checkout's folder)
-    retries: int = 2  # a stage whose flow run fails or crashes (a worker lost) is dispatched again
+    retries: int = 2  # a stage whose worker is lost (its flow run crashed) is dispatched again; a failure is not
     timeout_s: int = 86400  # the longest a stage may wait for its flow run
 
     def check(self, root) -> None:
