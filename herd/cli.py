@@ -54,8 +54,9 @@ def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool, poo
         os.environ[VERBOSE_ENV] = "1"
     else:  # Prefect's own log lines (and its tracebacks of a failed stage) only with --verbose
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-    from herd.orchestration.flow import pipeline
+    from herd.orchestration.flow import pipeline, upto
 
+    upto({s.name: s.upstream for s in stages(root)}, targets)  # an unknown stage fails now, before Prefect starts
     with exclusive_run(root, wait=wait):
         sync_dvc_yaml(root)
         started = time.time()

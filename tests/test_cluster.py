@@ -284,5 +284,5 @@ def test_a_stage_is_dispatched_again_when_its_worker_is_lost_and_not_when_it_fai
     def pipeline(outcome: str):
         return stage(outcome, return_state=True)
 
-    assert pipeline("lost").is_failed() and pipeline("failed").is_failed()
+    assert pipeline("lost", return_state=True).is_failed() and pipeline("failed", return_state=True).is_failed()
     assert attempts == ["lost", "lost", "lost", "failed"]
