@@ -63,6 +63,8 @@ def prepare(root: Path, changes: dict, name: str) -> Path:
             if (root / summary).is_dir():
                 shutil.rmtree(workspace / summary, ignore_errors=True)
                 shutil.copytree(root / summary, workspace / summary)
+        if (root / ".dvc" / "config.local").is_file():  # this checkout's own settings (e.g. its remote)
+            shutil.copy(root / ".dvc" / "config.local", workspace / ".dvc" / "config.local")
         _run(["dvc", "config", "--local", "cache.dir", str((root / ".dvc" / "cache").resolve())], workspace,
              "sharing the DVC cache")
         # Links, not copies, of what the cache holds (stages never write into their inputs).
