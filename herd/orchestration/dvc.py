@@ -16,6 +16,7 @@ import yaml
 
 from herd.errors import HerdError
 from herd.recipe import Stage
+from herd.runtime.env import state_dir
 
 HEADER = """\
 # Generated from herd/recipe.py by `herd dag --write`: do not edit (a test fails when it differs).
@@ -209,7 +210,7 @@ def last_good_output(root: Path, stage: str):
     lock = root / "dvc.lock"
     recorded = lock.is_file() and stage in (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
     summaries = [p for p in (root / "metrics" / f"{stage}.json", root / "plots" / stage) if p.exists()]
-    keep = root / ".herd" / "last_good" / stage
+    keep = state_dir(root) / "last_good" / stage
     shutil.rmtree(keep, ignore_errors=True)
     for path in summaries:
         target = keep / path.relative_to(root)

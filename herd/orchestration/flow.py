@@ -16,6 +16,7 @@ make. The flow holds a parent MLflow run; each stage's run is nested under it.
 
 import json
 import os
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -59,7 +60,7 @@ def local_repro(stage: str, root: Path, env: dict, force: bool = False, restore_
 
 @task(retries=0)
 def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = False, pool: str | None = None,
-              upstream: list[str] | None = None, commit: str | None = None, maybe_stale: bool = True):
+              upstream: list[str] | None = None, dispatch: dict | None = None, maybe_stale: bool = True):
     logger = get_run_logger()
     path = Path(root)
     with DVC_LOCK:
@@ -77,14 +78,11 @@ def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = Fa
     if pool:
         from herd.orchestration import pools
 
-        params = check_params(path)
         with DVC_LOCK:
             lock = (path / "dvc.lock").read_text() if (path / "dvc.lock").is_file() else ""
-        parameters = {"stage": stage, "commit": commit, "repo": params.runtime.pools.repo or str(path),
-                      "params": (path / "params.yaml").read_text(), "lock": lock, "upstream": upstream or [],
-                      "parent_run_id": parent_run_id, "force": force,
-                      "tracking_uri": tracking.tracking_uri(params.runtime.tracking.uri, path)}
-        there = pools.dispatch(stage, pool, parameters, params.runtime.pools)
+        parameters = {**dispatch["parameters"], "stage": stage, "lock": lock, "upstream": upstream or [],
+                      "parent_run_id": parent_run_id, "force": force}
+        there = pools.dispatch(stage, pool, parameters, dispatch["timeout_s"])
         with DVC_LOCK:
             local_repro(stage, path, env, restore_only=True)
         outcome = "restored" if there == "Restored" else "ran"
@@ -100,8 +98,6 @@ def run_stage(stage: str, root: str, parent_run_id: str | None, force: bool = Fa
 
 def commit_of(root: Path) -> str:
     """The commit workers check out: the code must be committed, since they run it from git."""
-    import subprocess
-
     status = subprocess.run(["git", "status", "--porcelain", "--", "herd", "tasks", "dvc.yaml", "pyproject.toml"],
                             cwd=root, capture_output=True, text=True)
     if status.returncode != 0:
@@ -140,7 +136,7 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
     dag = dvc.graph(path)
     if targets:
         dag = upto(dag, targets)
-    placement, commit = {}, None
+    placement, dispatch = {}, None
     if pools:
         from herd.orchestration.pools import missing_workers, pool_of, worker_lost
 
@@ -150,7 +146,11 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
         if tracking.tracking_uri(params.runtime.tracking.uri, path).startswith("sqlite"):
             raise HerdError("--pools needs an MLflow server the workers can reach: set runtime.tracking.uri "
                             "(or MLFLOW_TRACKING_URI) to it, e.g. http://127.0.0.1:5000")
-        commit = commit_of(path)  # every stage of this run, on every worker, runs this commit
+        # Every stage of this run, on every worker, runs this commit with these params.
+        dispatch = {"timeout_s": params.runtime.pools.timeout_s, "parameters": {
+            "commit": commit_of(path), "repo": params.runtime.pools.repo or str(path),
+            "params": (path / "params.yaml").read_text(),
+            "tracking_uri": tracking.tracking_uri(params.runtime.tracking.uri, path)}}
         placement = {s.name: pool_of(s, params.runtime.pools) for s in stages(path)}
         for key in missing_workers(params.runtime.pools):
             print(f"[herd] no worker is online on the {key} pool yet: its stages wait for one "
@@ -171,7 +171,7 @@ def pipeline(root: str = ".", targets: list[str] | None = None, force: bool = Fa
             options = {"retries": params.runtime.pools.retries, "retry_delay_seconds": 5,
                        "retry_condition_fn": worker_lost} if pools else {}
             futures[stage] = run_stage.with_options(name=stage, **options).submit(
-                stage, str(path), run.info.run_id, forced, placement.get(stage), upstream, commit, stage in pending,
+                stage, str(path), run.info.run_id, forced, placement.get(stage), upstream, dispatch, stage in pending,
                 wait_for=[futures[up] for up in upstream])
             if not pools:  # one stage at a time: two `dvc repro` in one checkout fail on DVC's lock
                 _wait(futures, stage, outcome)

@@ -186,18 +186,18 @@ async def _cancel(tag: str) -> int:
     return len(runs)
 
 
-def dispatch(stage: str, key: str, parameters: dict, cfg: PoolsConfig) -> str:
+def dispatch(stage: str, key: str, parameters: dict, timeout_s: float) -> str:
     """Run `stage` as a flow run of its pool's deployment and wait; returns how it ended there
     (Ran or Restored)."""
     from prefect.deployments import run_deployment
 
-    run = run_deployment(deployment(key), parameters=parameters, flow_run_name=stage, timeout=cfg.timeout_s,
+    run = run_deployment(deployment(key), parameters=parameters, flow_run_name=stage, timeout=timeout_s,
                          poll_interval=2, tags=["herd", f"stage:{stage}", pipeline_tag(parameters["parent_run_id"])])
     state = run.state
     if state is None or not state.is_final():
         raise HerdError(f"stage {stage} did not finish on the {key} pool within runtime.pools.timeout_s "
-                        f"(flow run {run.name}: {state.name if state else 'no state'}); are workers running? "
-                        f"`herd worker {key}`")
+                        f"({timeout_s:.0f} s; flow run {run.name}: {state.name if state else 'no state'}); "
+                        f"are workers running? `herd worker {key}`")
     if state.is_crashed():
         raise WorkerLost(f"stage {stage}: its worker on the {key} pool was lost (flow run {run.name}: "
                          f"{state.message})")
