@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from herd.model.llama import Llama, LlamaConfig, load_checkpoint, save_checkpoint
+from herd.model.llama import Llama, LlamaConfig, explicit_attention, load_checkpoint, save_checkpoint
 
 CFG = LlamaConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=64)
 
@@ -80,12 +80,29 @@ def test_fused_loss_matches_logits_then_cross_entropy(precision):
         assert torch.allclose(fused_grads[name], grad, rtol=tol, atol=tol * grad.abs().max()), name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_as_matmuls_equals_the_fused_kernel_and_its_gradients(dtype):
+    """Short bf16 attention on CPU runs as plain matmuls: causal (queries the last positions of the
+    keys, as a cache's prompt) or masked, with the fused kernel's outputs and gradients."""
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(3, h, 9, 8, generator=g, dtype=dtype).requires_grad_() for h in (6, 2, 2))
+    mask = torch.rand(3, 1, 9, 9, generator=g) > 0.3
+    mask |= torch.eye(9, dtype=torch.bool)  # every query attends somewhere
+    for kwargs, m in (({"is_causal": True}, None), ({"attn_mask": mask}, mask)):
+        want = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
+        got = explicit_attention(q, k, v, m)
+        tol = 1e-5 if dtype == torch.float32 else 2e-2
+        assert torch.allclose(got.float(), want.float(), atol=tol)
+        grads = [torch.autograd.grad(out.float().pow(2).sum(), (q, k, v)) for out in (got, want)]
+        assert all(torch.allclose(a.float(), b.float(), atol=tol * 10) for a, b in zip(*grads, strict=True))
+
+
 def test_kv_cache_matches_full_forward():
     m = model()
     x = torch.randint(0, 97, (3, 12))
     with torch.no_grad():
         full = m(x)
-        cache = m.new_cache(3, 12)
+        cache = m.new_cache(3, 16)  # longer than used: a decode step masks the slots past its position
         steps = [m(x[:, :8], cache=cache, start=0)]
         for t in range(8, 12):
             steps.append(m(x[:, t : t + 1], cache=cache, start=t))

@@ -103,8 +103,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         # Normalise in fp32 even under bf16 autocast: the mean of squares loses precision otherwise.
-        xf = x.float()
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype) * self.weight
+        return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).to(x.dtype)
 
 
 def rope_tables(cfg: LlamaConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -140,30 +139,46 @@ class Attention(nn.Module):
         if cache is not None:  # KV cache for generation: write this step's keys, attend to all so far
             cache[0][:, :, start : start + T] = k
             cache[1][:, :, start : start + T] = v
-            k, v = cache[0][:, :, : start + T], cache[1][:, :, : start + T]
+            keys = start + T if mask is None else mask.shape[-1]  # a decode step's mask spans the cache
+            k, v = cache[0][:, :, :keys], cache[1][:, :, :keys]
         # A single new token attends to everything cached; a prompt (start == 0) is causal.
         if T > 1 and start > 0:
             raise HerdError("the KV cache takes a whole prompt at position 0, then one token at a time")
-        # Grouped-query attention without materialising the repeated keys and values; `mask` (left
-        # padding in a batch of prompts) replaces the causal flag when given.
-        if T == 1 and cache is not None:
-            y = decode_attention(q, k, v, mask)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T > 1 and mask is None,
-                                               enable_gqa=nkv != nh)
-        return self.o_proj(y.transpose(1, 2).reshape(B, T, nh * hd))
+        return self.o_proj(attend(q, k, v, mask).transpose(1, 2).reshape(B, T, nh * hd))
 
 
-def decode_attention(q, k, v, mask=None):
-    """One query token per row against the cache, as two batched matmuls: the query heads of one
-    key/value head form the rows of one product. (CPU's fused attention kernel is built for long
-    queries; on a single token it took 55% of generation's time.)"""
-    B, nh, _, hd = q.shape
-    nkv = k.shape[1]
-    scores = q.view(B, nkv, nh // nkv, hd) @ k.transpose(2, 3) / math.sqrt(hd)  # (B, kv heads, group, keys)
-    if mask is not None:  # (B, 1, 1, keys)
-        scores = scores.masked_fill(~mask, float("-inf"))
-    return (scores.float().softmax(-1).to(v.dtype) @ v).view(B, nh, 1, hd)
+# Up to this many keys, bf16 attention on CPU is faster as plain matmuls than as the fused kernel:
+# measured here (2 cores, avx512_bf16), its backward took 28 ms against 12 ms at 128 keys, half of a
+# reward-model step, and a single decode token took 55% of generation's time. Past 256 the fused
+# kernel wins and never materialises the scores.
+SHORT_ATTENTION = 256
+
+
+def attend(q, k, v, mask=None):
+    """Grouped-query attention of q (B, heads, T, hd) on k, v (B, kv heads, S, hd), S >= T, the
+    queries being the last T positions: causal, or `mask` (B, 1, T, S) when given (left padding,
+    a KV cache's single token)."""
+    short_on_cpu = q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[2] <= SHORT_ATTENTION
+    if short_on_cpu or q.shape[2] == 1:
+        return explicit_attention(q, k, v, mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
+                                          enable_gqa=k.shape[1] != q.shape[1])
+
+
+def explicit_attention(q, k, v, mask=None):
+    """`attend` as two batched matmuls, the query heads of one key/value head stacked as the rows of
+    one product, so keys and values are never repeated. (The softmax of bf16 scores computes in fp32.)"""
+    B, nh, T, hd = q.shape
+    nkv, S = k.shape[1], k.shape[2]
+    scores = ((q / math.sqrt(hd)).reshape(B, nkv, nh // nkv * T, hd) @ k.transpose(2, 3)).view(B, nkv, -1, T, S)
+    if mask is None:
+        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    else:
+        mask = mask[:, :, None]  # (B, 1, 1, T, S) against the scores' (B, kv heads, group, T, S)
+    # Added rather than filled in: the backward of an addition costs nothing.
+    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+    probs = (scores + bias).softmax(-1).to(v.dtype)
+    return (probs.view(B, nkv, -1, S) @ v).view(B, nh, T, hd)
 
 
 class MLP(nn.Module):
@@ -278,16 +293,20 @@ class Llama(nn.Module):
         different lengths); padding is never attended to and each row's positions start after it."""
         T = idx.shape[1]
         positions = torch.arange(start, start + T, device=idx.device)
+        # A decode step attends over the whole cache, masked past its position: a whole tensor is
+        # contiguous, and CPU's bf16 matmul copies a slice of one (twice the attention's time here).
+        span = cache[0][0].shape[2] if cache is not None and T == 1 else start + T
         mask = None
-        if pad is not None:
-            keys = torch.arange(start + T, device=idx.device)
+        if pad is not None or span > start + T:
+            pad = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device) if pad is None else pad
+            keys = torch.arange(span, device=idx.device)
             valid = keys[None, None, :] >= pad[:, None, None]
             causal = keys[None, None, :] <= positions[None, :, None]
             # A padding query attends to itself alone, so no row of the softmax is empty.
             mask = (valid & causal | (keys[None, None, :] == positions[None, :, None]))[:, None]
             positions = (positions[None, :] - pad[:, None]).clamp(min=0)
         cos, sin = rope_tables(self.cfg, positions.reshape(-1))
-        if pad is not None:  # per-row positions: (B, 1, T, head_dim) against q and k's (B, heads, T, head_dim)
+        if positions.dim() == 2:  # per-row positions: (B, 1, T, head_dim) against q and k's (B, heads, T, head_dim)
             cos, sin = cos.view(idx.shape[0], 1, T, -1), sin.view(idx.shape[0], 1, T, -1)
         x = self.model.embed_tokens(idx)
         for i, layer in enumerate(self.model.layers):
