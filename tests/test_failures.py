@@ -59,6 +59,7 @@ BAD_PARAMS = [
     ("evaluate.context_lengths", [16], "evaluate.context_lengths"),
     ("post.rounds", 0, "post.rounds"),
     ("runtime.train.divergence_factor", 0.5, "runtime.train.divergence_factor"),
+    ("runtime.train.divergence_min_rise", -1, "runtime.train.divergence_min_rise"),
     ("runtime.filter.workers", 0, "runtime.filter.workers"),
 ]
 

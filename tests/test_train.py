@@ -182,6 +182,21 @@ def test_afm_top1_target_mixes_teacher_top1_and_true_label():
     assert torch.allclose(loss, expected, atol=1e-6)
 
 
+def test_the_divergence_guard_ignores_noise_near_zero_loss_and_stops_a_blow_up():
+    """A fine-tune whose loss wanders from 0.04 to 0.14 has not diverged (dpo.beta 0.05 once stopped
+    sft_r2 so); a loss that climbs from 3 to 12 has."""
+    from herd.training.loop import DivergenceGuard
+
+    def trips(losses, **kwargs):
+        guard = DivergenceGuard(3.0, **kwargs)
+        return any(guard.diverged(loss, step) for step, loss in enumerate(losses))
+
+    near_zero = [0.3] * 5 + [0.04] * 30 + [0.2] * 30
+    blow_up = [3.0] * 20 + [12.0] * 30
+    assert trips(near_zero) and not trips(near_zero, min_rise=0.5)
+    assert trips(blow_up, min_rise=0.5)
+
+
 def test_a_finite_blow_up_stops_training_naming_the_stage_and_step(streams, tmp_path):
     from herd.errors import HerdError
 

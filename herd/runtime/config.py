@@ -25,8 +25,10 @@ class TrainRuntime:
     log_every: int = 10
     nproc_per_node: int = 1  # >1 relaunches pretraining under torchrun (DDP computes the same update)
     compile: bool = False  # torch.compile the decoder blocks: faster steps after a compile (pays off on long runs)
-    # stop a stage whose smoothed loss rises above this multiple of its best (0: off)
+    # stop a stage whose smoothed loss rises above this multiple of its best (0: off) and by at
+    # least divergence_min_rise over it: near a loss of zero a ratio alone flags noise (0.04 -> 0.14)
     divergence_factor: float = 3.0
+    divergence_min_rise: float = 0.5
     # where resumable checkpoints live: empty = .herd/checkpoints; a folder (shared storage, so a
     # retry on another worker resumes) is used in place; an fsspec URL (s3://, gs://, file://...)
     # is mirrored: each checkpoint is uploaded when written and downloaded when a stage starts
@@ -38,6 +40,8 @@ class TrainRuntime:
                 raise ParamError(f"train.{key}", "must be at least 1")
         if not (self.divergence_factor == 0 or self.divergence_factor > 1):
             raise ParamError("train.divergence_factor", f"must be 0 (off) or above 1, got {self.divergence_factor}")
+        if self.divergence_min_rise < 0:
+            raise ParamError("train.divergence_min_rise", f"must be at least 0, got {self.divergence_min_rise}")
 
 
 @dataclass

@@ -162,7 +162,7 @@ def train(
     t0, tokens = time.time(), 0
     bar = tqdm(range(start, steps), desc=st.name, unit="step", initial=start, total=steps, mininterval=2,
                disable=rank != 0)
-    guard = DivergenceGuard(tcfg.divergence_factor)
+    guard = DivergenceGuard(tcfg.divergence_factor, tcfg.divergence_min_rise)
     with compiled_blocks(model, tcfg.compile), deferred_interrupts() as stop:
         for step in bar:
             lr = lr_at(step)
@@ -188,7 +188,7 @@ def train(
             if guard.diverged(loss_sum, step):
                 raise HerdError(f"{st.name}: diverged at step {step}: smoothed loss {guard.ema:.3f} is over "
                                 f"{guard.factor}x its best {guard.best:.3f}; lower {st.name}.lr "
-                                f"(runtime.train.divergence_factor sets the threshold)")
+                                f"(runtime.train.divergence_factor and divergence_min_rise set the threshold)")
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -232,19 +232,20 @@ def train(
 
 
 class DivergenceGuard:
-    """Flags a finite blow-up: the loss's moving average far above its best so far, the first
-    step's loss included (NaN is caught apart). It judges from step `after` on, so one bad early
-    batch cannot stop a run."""
+    """Flags a finite blow-up: the loss's moving average far above its best so far (`factor` times
+    and `min_rise` more), the first step's loss included (NaN is caught apart). It judges from step
+    `after` on, so one bad early batch cannot stop a run."""
 
-    def __init__(self, factor: float, after: int = 10, decay: float = 0.9):
-        self.factor, self.after, self.decay = factor, after, decay
+    def __init__(self, factor: float, min_rise: float = 0.0, after: int = 10, decay: float = 0.9):
+        self.factor, self.min_rise, self.after, self.decay = factor, min_rise, after, decay
         self.ema: float | None = None
         self.best = math.inf
 
     def diverged(self, loss: float, step: int) -> bool:
         self.ema = loss if self.ema is None else self.decay * self.ema + (1 - self.decay) * loss
         self.best = min(self.best, self.ema)
-        return bool(self.factor) and step >= self.after and self.ema > self.factor * self.best
+        return (bool(self.factor) and step >= self.after and self.ema > self.factor * self.best
+                and self.ema - self.best > self.min_rise)
 
 
 @contextmanager
