@@ -105,6 +105,8 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ..
             stage(sft, "sft", base=chain[-1], samples=samples),
             stage(pairs, "rejection_sample", policy=sft, reward="reward", corpus="corpus", filtered="filter"),
             stage(dpo, "dpo", policy=sft, samples=pairs, **previous),
+            # Round 1's DPO has a control: the same run with the preference term off.
+            *([stage("dpo_control", policy=sft, samples=pairs)] if r == 1 else []),
         ]
         evals += [
             stage(f"eval_{sft}", "evaluate_policy", policy=sft, judge="reward", tokenizer="tokenizer", corpus="corpus",
@@ -112,11 +114,14 @@ def recipe(rounds: int = 1, sources: tuple[str, ...] = (), probes: tuple[str, ..
             # A round's champion decision waits for the last round's, so rounds are judged in order.
             stage(f"eval_{dpo}", "evaluate_policy", policy=dpo, judge="reward", tokenizer="tokenizer", corpus="corpus",
                   baseline=sft, **({"judged_after": f"eval_{chain[-1]}"} if r > 1 else {})),
+            *([stage("eval_dpo_control", "evaluate_policy", policy="dpo_control", judge="reward",
+                     tokenizer="tokenizer", corpus="corpus", baseline=sft)] if r == 1 else []),
         ]
         chain.append(dpo)
     # The report reads the filter and every training stage (curves, settings) besides the evaluations.
     trained = [s for s in stages if s.task in ("filter", "pretrain", "extend", "anneal", "anneal_control",
-                                               "anneal_probe", "reward", "rejection_sample", "sft", "dpo")]
+                                               "anneal_probe", "reward", "rejection_sample", "sft", "dpo",
+                                               "dpo_control")]
     report = stage("report", **{s.name: s.name for s in trained + evals})
     return stages + evals + [report]
 

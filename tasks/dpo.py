@@ -117,6 +117,12 @@ def average_with_previous(st: StageRun, policy) -> None:
 
 
 def run(st: StageRun) -> None:
+    optimize(st, preference=True)
+
+
+def optimize(st: StageRun, preference: bool) -> None:
+    """DPO of the round's SFT policy; without the preference term (its weight 0), the NLL term
+    alone on the same pairs and steps: DPO's control."""
     cfg = st.cfg.dpo
     sft = st.input("policy") / "model"
     fmt = ChatFormat(load_tokenizer(sft))
@@ -137,6 +143,7 @@ def run(st: StageRun) -> None:
         lengths = response_lengths(batch)
         pi_chosen, pi_rejected = (logps / lengths if per_token else logps).chunk(2)
         loss, metrics = dpo_loss(pi_chosen, pi_rejected, *batch["ref_logps"].unbind(1), cfg.beta, cfg.loss)
+        loss = loss * float(preference)
         if cfg.nll_weight:
             nll = -(logps.chunk(2)[0] / lengths.chunk(2)[0]).mean()
             loss = loss + cfg.nll_weight * nll

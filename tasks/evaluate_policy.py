@@ -24,7 +24,10 @@ SPEC = StageSpec(__doc__, inputs=("policy", "judge", "tokenizer", "corpus"), opt
 
 def run(st: StageRun) -> None:
     cfg = st.cfg.evaluate
-    st.manifest["evaluates"] = st.upstream_manifest("policy")["stage"]
+    upstream = st.upstream_manifest("policy")
+    st.manifest["evaluates"] = upstream["stage"]
+    if "control_of" in upstream:  # a control is judged beside the stage it controls
+        st.manifest["control_of"] = upstream["control_of"]
     fmt = ChatFormat(load_tokenizer(st.input("policy") / "model"))
     policy = load_checkpoint(st.input("policy") / "model")
     st.metrics.update(model_measures(st, policy, fmt, chat=True))

@@ -101,7 +101,7 @@ def test_stage_cli_reports_bad_params_without_traceback(tmp_path):
 
 
 @pytest.mark.parametrize("task", ["corpus", "filter", "tokenizer", "pretrain", "extend", "anneal", "reward",
-                                  "rejection_sample", "sft", "dpo", "evaluate_base", "evaluate_policy",
+                                  "rejection_sample", "sft", "dpo", "dpo_control", "evaluate_base", "evaluate_policy",
                                   "evaluate_reward", "report"])
 def test_every_stage_cli_answers_help_without_running(tmp_path, task):
     proc = subprocess.run([sys.executable, "-m", f"tasks.{task}", "--help"], cwd=tmp_path, capture_output=True,

@@ -37,6 +37,9 @@ def test_first_run_completes_every_stage_with_its_contract(pipeline_project):
     report = (pipeline_project / "artifacts" / "report" / "report.md").read_text()
     for stage in ("pretrain", "extend", "anneal", "sft", "dpo"):
         assert f"| {stage} |" in report
+    assert "| dpo_control (control of dpo) |" in report  # DPO is judged beside its NLL-only control
+    verdicts = json.loads((pipeline_project / "artifacts" / "report" / "verdicts.json").read_text())
+    assert "its control dpo_control" in verdicts["dpo"]["sentence"]
     # Pretraining learned something: held-out loss well below the corpus' unigram entropy.
     pre = json.loads((pipeline_project / "artifacts" / "pretrain" / "metrics.json").read_text())
     assert pre["val_loss_mean_len64"] < pre["unigram_entropy"]
@@ -128,7 +131,7 @@ def test_every_round_is_registered_and_the_champion_moves_only_on_a_better_polic
     client = mlflow_client(pipeline_project)
     versions = sorted(client.search_model_versions("name='herd-policy'"), key=lambda v: int(v.version))
     # every round's policy, and again for each rerun (other tests change dpo.beta)
-    assert {v.tags["herd.stage"] for v in versions} == {s for s in ALL if s.startswith("dpo") and "pairs" not in s}
+    assert {v.tags["herd.stage"] for v in versions} == {s for s in ALL if s == "dpo" or s.startswith("dpo_r")}
     assert versions[0].tags["herd.champion.decision"] == "promoted"  # the first policy has no rival
     for v in versions[1:]:
         tags = v.tags

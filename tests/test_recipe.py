@@ -111,7 +111,7 @@ EVALS = ("evaluate_base", "evaluate_reward", "evaluate_policy")
 
 
 @pytest.mark.parametrize("file, first", [
-    ("tasks/dpo.py", of_tasks("dpo")),
+    ("tasks/dpo.py", of_tasks("dpo", "dpo_control")),
     ("herd/data/minhash.py", ["filter"]),
     ("herd/evals/measures.py", of_tasks(*EVALS)),
     ("herd/post/generate.py", of_tasks("reward", "rejection_sample", *EVALS)),  # reward samples the base
@@ -145,7 +145,7 @@ def test_a_section_schema_is_imported_only_by_the_stages_that_read_it():
 def test_editing_the_dpo_schema_reruns_the_dpo_stages_what_follows_them_and_their_evaluations(restore):
     path = restore / "tasks" / "dpo.py"
     path.write_text(path.read_text().replace("    beta: float = 0.1", "    beta: float = 0.1  # edited"))
-    assert dvc.would_run(restore) == descendants(of_tasks("dpo"))
+    assert dvc.would_run(restore) == descendants(of_tasks("dpo", "dpo_control"))
 
 
 @pytest.mark.parametrize("knob, value", [
@@ -159,7 +159,7 @@ def test_runtime_knobs_rerun_nothing(restore, knob, value):
 
 
 @pytest.mark.parametrize("knob, value, first", [
-    ("dpo.beta", 0.2, of_tasks("dpo")),
+    ("dpo.beta", 0.2, of_tasks("dpo", "dpo_control")),
     ("anneal.lr", 0.002, ["anneal", "anneal_control"]),
     ("extend.gate.max_repeats", 2, ["extend", "extend_control"]),
     ("evaluate.math_problems", 3, of_tasks(*EVALS)),
@@ -198,8 +198,8 @@ def test_a_data_value_probe_is_one_params_entry(restore):
 def test_dpo_beta_reruns_only_the_dpo_stages_what_follows_them_and_their_evaluations(restore):
     set_param(restore, "dpo.beta", 0.2)
     stale = dvc.would_run(restore)
-    assert stale == descendants(["dpo", "dpo_r2"])
-    assert stale[:2] == ["dpo", "rejection_sample_r2"] and "reward" not in stale and "sft" not in stale
+    assert stale == descendants(["dpo", "dpo_control", "dpo_r2"])
+    assert stale[:3] == ["dpo", "dpo_control", "rejection_sample_r2"] and "reward" not in stale and "sft" not in stale
 
 
 def test_another_round_adds_only_its_stages(restore):
@@ -230,7 +230,8 @@ def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):
     subprocess.run(["dvc", "checkout", "--force", "-q"], cwd=restore, env=env, check=True)
     exp = subprocess.run(["dvc", "exp", "run", "-S", "dpo.beta=0.3"], cwd=restore, env=env, capture_output=True,
                          text=True, check=True)
-    assert herd == running.findall(repro.stdout) == restored.findall(exp.stdout) == descendants(of_tasks("dpo"))
+    assert herd == running.findall(repro.stdout) == restored.findall(exp.stdout) == descendants(
+        of_tasks("dpo", "dpo_control"))
     assert running.findall(exp.stdout) == []
 
 

@@ -133,6 +133,19 @@ def test_a_gain_its_control_shows_too_is_no_effect(stages, tmp_path):
     assert "| anneal_control (control of anneal) | 3.690 (−5.4%) | 3.190 (−6.2%) |" in (out / "report.md").read_text()
 
 
+def test_dpo_that_its_nll_only_control_beats_is_worse(stages, tmp_path):
+    """DPO gains on sft, but the same run without the preference term gains more: the report says
+    the preference term made things worse."""
+    folders = dict(stages)
+    folders["eval_dpo_control"] = write_stage(
+        tmp_path / "artifacts", "eval_dpo_control",
+        lm(4.2, 5.0, 0.3, task_exact_match=0.3, win_rate_verifier=0.8, win_rate_reward=0.6),
+        evaluates="dpo_control", control_of="dpo", baseline="sft")
+    found = {v.stage: v for v in verdicts(gather(folders), CFG)}
+    assert "dpo_control" not in found and found["dpo"].verdict == WORSE
+    assert "against its control dpo_control, task exact match 0.300 → 0.220 (−0.080, worse)" in found["dpo"].sentence
+
+
 def test_a_probe_is_judged_against_the_anneal_control_not_the_chain(stages, tmp_path):
     folders = dict(stages)
     folders["eval_anneal_control"] = write_stage(tmp_path / "artifacts", "eval_anneal_control", lm(3.8, 4.8, 0.1),

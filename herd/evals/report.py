@@ -65,7 +65,8 @@ DOES = {
     "sft": "Supervised fine-tuning of the current policy (the annealed base in round 1), in the chat format, on "
            "the best of K answers it sampled per prompt, as ranked by the verifier and the reward model.",
     "dpo": "Direct Preference Optimization of the SFT policy on its own samples: each prompt's best answer over "
-           "every distinct answer that loses to it.",
+           "every distinct answer that loses to it. Round 1's is judged against its control, the same run with "
+           "the preference term off (the NLL term on the chosen answers alone).",
 }
 SETTINGS = {"seq_len": "context {} tokens", "steps": "{} steps", "lr": "peak learning rate {}",
             "batch_size": "batch {}", "rope_base": "RoPE base {}", "beta": "β {}", "mix": "mix {}",
@@ -203,8 +204,9 @@ def kind(stage: str) -> str:
 
 def section(stage: str) -> str:
     """The params section a training stage reads: a control's or probe's is its stage's."""
-    return {"anneal_probe": "anneal", "anneal_control": "anneal", "dpo_pairs": "rejection_sample"}.get(kind(stage),
-                                                                                                         kind(stage))
+    sections = {"anneal_probe": "anneal", "anneal_control": "anneal", "dpo_control": "dpo",
+                "dpo_pairs": "rejection_sample"}
+    return sections.get(kind(stage), kind(stage))
 
 
 # ---------------------------------------------------------------- verdicts
