@@ -9,7 +9,7 @@ on both sides (bf16 autocast over fp32 weights) unless `--precision fp32`. Steps
 timed step's start to the last step's start, so dataset preparation, tokenization and reference
 precomputation stay outside it; medians over alternating `--rounds`.
 
-- DPO: Herd's step is tasks/dpo.py's: reference log-probs computed once per pair before training
+- DPO: Herd's step is herd/post/dpo.py's: reference log-probs computed once per pair before training
   (timed apart: `herd_ref_precompute_s`), then forward + backward + AdamW on the policy. TRL by
   default runs its reference model every step (`dpo_ratio_vs_trl`, the headline); its
   `precompute_ref_log_probs=True` is reported as `trl_precomputed_ref`.
@@ -112,14 +112,14 @@ def herd_dpo(cfg, std, data, sec, args) -> tuple[float, float]:
     dev = device()
     rows = lambda chunk: FMT.batch(both(chunk), sec.seq_len)  # noqa: E731
     ref, t0, ref_logps = new_model(cfg, std).to(dev).eval(), time.perf_counter(), []
-    with torch.no_grad():  # tasks/dpo.py's reference_logprobs: once per pair, 32 pairs at a time
+    with torch.no_grad():  # herd/post/dpo.py's reference_logprobs: once per pair, 32 pairs at a time
         for i in range(0, len(data), 32):
             with autocast(args.precision):
                 logps = sequence_logprobs(ref, {k: v.to(dev) for k, v in rows(data[i : i + 32]).items()})
             ref_logps.append(torch.stack(logps.chunk(2), 1).cpu())
     ref_logps, precompute_s = torch.cat(ref_logps), time.perf_counter() - t0
 
-    def step_loss(model, batch):  # tasks/dpo.py's step_loss with the sigmoid loss
+    def step_loss(model, batch):  # herd/post/dpo.py's step_loss with the sigmoid loss
         pi_chosen, pi_rejected = sequence_logprobs(model, batch).chunk(2)
         loss, metrics = dpo_loss(pi_chosen, pi_rejected, *batch["ref_logps"].unbind(1), sec.beta)
         return loss, {**metrics, "tokens": int((batch["labels"] != IGNORE).sum())}

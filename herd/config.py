@@ -1,7 +1,7 @@
 """Loading params.yaml: each section is validated against the schema its component declares.
 
 A schema is a dataclass that lives with the code that reads its section (`FilterConfig` in
-herd/data/filter.py, `DPOConfig` in tasks/dpo.py, `RuntimeConfig` in herd/runtime/config.py), so
+herd/data/filter.py, `DPOConfig` in herd/post/dpo.py, `RuntimeConfig` in herd/runtime/config.py), so
 editing one reruns only the stages that read that section. A schema may define
 `check(self, root)` for what types cannot say; it raises `ParamError` with the key inside its
 section. An unknown key, a wrong type or a failed check stops before any work, naming the key.

@@ -11,10 +11,10 @@ from herd.data.tokens import ASSISTANT, END, EOT, PAD, SYSTEM, USER, train_token
 from herd.model.cross_entropy import IGNORE
 from herd.model.llama import Llama, LlamaConfig
 from herd.post.chat import ChatFormat
+from herd.post.dpo import pair_batch, reference_logprobs
 from herd.post.losses import bradley_terry_loss, dpo_loss, sequence_logprobs
 from herd.post.task import constructed_pairs, final_answer, verify
 from herd.training.averaging import averaged
-from tasks.dpo import pair_batch, reference_logprobs
 from tasks.rejection_sample import losers, rank_key, sampling_metrics
 
 

@@ -111,7 +111,8 @@ EVALS = ("evaluate_base", "evaluate_reward", "evaluate_policy")
 
 
 @pytest.mark.parametrize("file, first", [
-    ("tasks/dpo.py", of_tasks("dpo", "dpo_control")),
+    ("tasks/dpo.py", of_tasks("dpo")),
+    ("herd/post/dpo.py", of_tasks("dpo", "dpo_control")),
     ("herd/data/minhash.py", ["filter"]),
     ("herd/evals/measures.py", of_tasks(*EVALS)),
     ("herd/post/generate.py", of_tasks("reward", "rejection_sample", *EVALS)),  # reward samples the base
@@ -143,7 +144,7 @@ def test_a_section_schema_is_imported_only_by_the_stages_that_read_it():
 
 
 def test_editing_the_dpo_schema_reruns_the_dpo_stages_what_follows_them_and_their_evaluations(restore):
-    path = restore / "tasks" / "dpo.py"
+    path = restore / "herd" / "post" / "dpo.py"
     path.write_text(path.read_text().replace("    beta: float = 0.1", "    beta: float = 0.1  # edited"))
     assert dvc.would_run(restore) == descendants(of_tasks("dpo", "dpo_control"))
 
