@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from herd.config import ParamError
 from herd.data.tokens import ASSISTANT, END, EOT, PAD, USER, save_tokenizer, train_tokenizer
 from herd.errors import HerdError
+from herd.model.decoding import for_decoding
 from herd.model.export import export_model
 from herd.model.llama import Llama, LlamaConfig
 from herd.model.lora import DEFAULT_TARGETS, LoraConfig, apply_lora, count_params, merge_lora
@@ -67,6 +68,9 @@ def test_adapters_train_alone_and_merge_into_an_exportable_llama(tmp_path, tok, 
     x = torch.randint(0, model.cfg.vocab_size, (2, 20))
     with torch.no_grad():
         adapted = model(x)
+        # Generation decodes on a merged copy; the model keeps training its adapters.
+        assert torch.allclose(for_decoding(model, "fp32")(x), adapted, atol=1e-5)
+        assert len(trainable) == sum(p.requires_grad for p in model.parameters())
     assert merge_lora(model) is model
 
     # The plain Llama again: same keys, all trainable; only the targeted weights moved, and all of them.

@@ -3,7 +3,10 @@
 import pytest
 import torch
 
-from herd.model.llama import Llama, LlamaConfig, explicit_attention, load_checkpoint, save_checkpoint
+from herd.errors import HerdError
+from herd.model.decoding import for_decoding
+from herd.model.llama import Llama, LlamaConfig, explicit_attention, load_checkpoint, mask_bias, save_checkpoint
+from herd.training.precision import autocast
 
 CFG = LlamaConfig(vocab_size=97, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, max_seq_len=64)
 
@@ -90,7 +93,7 @@ def test_attention_as_matmuls_equals_the_fused_kernel_and_its_gradients(dtype):
     mask |= torch.eye(9, dtype=torch.bool)  # every query attends somewhere
     for kwargs, m in (({"is_causal": True}, None), ({"attn_mask": mask}, mask)):
         want = torch.nn.functional.scaled_dot_product_attention(q, k, v, enable_gqa=True, **kwargs)
-        got = explicit_attention(q, k, v, m)
+        got = explicit_attention(q, k, v, None if m is None else mask_bias(m, dtype))
         tol = 1e-5 if dtype == torch.float32 else 2e-2
         assert torch.allclose(got.float(), want.float(), atol=tol)
         grads = [torch.autograd.grad(out.float().pow(2).sum(), (q, k, v)) for out in (got, want)]
@@ -139,6 +142,42 @@ def test_batched_generation_equals_one_prompt_at_a_time():
     g = torch.Generator().manual_seed(0)
     samples = generate(m, prompts, 8, (0,), n=3, temperature=1.0, top_p=0.9, generator=g, precision="fp32")
     assert [len(s) for s in samples] == [3] * 5 and len({tuple(s) for s in samples[3]}) > 1
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp32"])
+@pytest.mark.parametrize("variant", [{}, {"tie_embeddings": False}, {"n_experts": 4, "experts_per_token": 2}])
+def test_the_decoding_copy_computes_the_same_logits_bit_for_bit(precision, variant):
+    """Generation runs on `for_decoding`'s copy (joined projections, bf16 weights): a padded prompt
+    and cached decode steps, placed all at once as generate does, give exactly the original's logits,
+    and the original is left as it was."""
+    torch.manual_seed(0)
+    m = Llama(LlamaConfig(**{**CFG.__dict__, **variant})).eval()
+    m.init_weights(0.1)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    fast = for_decoding(m, precision)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    x, pad = torch.randint(0, 97, (3, 14)), torch.tensor([0, 4, 9])
+    with torch.no_grad(), autocast(precision):
+        logits = []
+        for model in (m, fast):
+            cache = model.new_cache(3, 16, dtype)
+            steps = model.place(12, 4, 16, pad, dtype)
+            logits.append([model(x[:, :12], cache=cache, pad=pad)]
+                          + [model.lm_head(model.hidden(x[:, t : t + 1], cache, t, pad,
+                                                        tuple(s[:, :, t - 12 : t - 11] for s in steps)))
+                             for t in (12, 13)])
+    assert all(torch.equal(a, b) for a, b in zip(*logits, strict=True))
+    assert {k: v for k, v in m.state_dict().items()}.keys() == before.keys()
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert for_decoding(fast, precision) is fast
+
+
+def test_a_decoding_copy_is_refused_for_another_precision_and_for_a_reward_model():
+    fast = for_decoding(model(), "bf16")
+    with pytest.raises(HerdError, match="prepared for decoding in bf16, not fp32: prepare the original"):
+        for_decoding(fast, "fp32")
+    with pytest.raises(HerdError, match="only a language model decodes; this one has a 'score' head"):
+        for_decoding(model("score"), "bf16")
 
 
 def test_mixture_of_experts_loads_as_mixtral_with_same_logits(tmp_path):

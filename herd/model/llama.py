@@ -126,25 +126,35 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.n_kv_heads * hd, bias=False)
         self.o_proj = nn.Linear(cfg.n_heads * hd, cfg.dim, bias=False)
+        self.qkv_proj: nn.Linear | None = None  # the three joined, for decoding (herd/model/decoding.py)
 
-    def forward(self, x, cos, sin, cache=None, start=0, mask=None):
+    def project(self, x, cos, sin):
+        """Queries (B, heads, T, hd) and keys (B, kv heads, T, hd), both rotated, and values."""
         B, T, _ = x.shape
         hd, nh, nkv = self.cfg.head_dim, self.cfg.n_heads, self.cfg.n_kv_heads
-        q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype)
+        if self.qkv_proj is None:
+            q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)
+            k = self.k_proj(x).view(B, T, nkv, hd).transpose(1, 2)
+            v = self.v_proj(x).view(B, T, nkv, hd).transpose(1, 2)
+            return apply_rope(q, cos, sin).to(v.dtype), apply_rope(k, cos, sin).to(v.dtype), v
+        qkv = self.qkv_proj(x).view(B, T, nh + 2 * nkv, hd).transpose(1, 2)
+        qk = apply_rope(qkv[:, : nh + nkv], cos, sin).to(qkv.dtype)  # one rotation for both
+        return qk[:, :nh], qk[:, nh:], qkv[:, nh + nkv :]
+
+    def forward(self, x, cos, sin, cache=None, start=0, bias=None):
+        B, T, _ = x.shape
+        q, k, v = self.project(x, cos, sin)
         if cache is None and start > 0:
             raise HerdError("a forward pass from a position other than 0 needs a KV cache")
         if cache is not None:  # KV cache for generation: write this step's keys, attend to all so far
             cache[0][:, :, start : start + T] = k
             cache[1][:, :, start : start + T] = v
-            keys = start + T if mask is None else mask.shape[-1]  # a decode step's mask spans the cache
+            keys = start + T if bias is None else bias.shape[-1]  # a decode step's mask spans the cache
             k, v = cache[0][:, :, :keys], cache[1][:, :, :keys]
         # A single new token attends to everything cached; a prompt (start == 0) is causal.
         if T > 1 and start > 0:
             raise HerdError("the KV cache takes a whole prompt at position 0, then one token at a time")
-        return self.o_proj(attend(q, k, v, mask).transpose(1, 2).reshape(B, T, nh * hd))
+        return self.o_proj(attend(q, k, v, bias).transpose(1, 2).reshape(B, T, -1))
 
 
 # Up to this many keys, bf16 attention on CPU is faster as plain matmuls than as the fused kernel:
@@ -154,29 +164,33 @@ class Attention(nn.Module):
 SHORT_ATTENTION = 256
 
 
-def attend(q, k, v, mask=None):
+def attend(q, k, v, bias=None):
     """Grouped-query attention of q (B, heads, T, hd) on k, v (B, kv heads, S, hd), S >= T, the
-    queries being the last T positions: causal, or `mask` (B, 1, T, S) when given (left padding,
-    a KV cache's single token)."""
+    queries being the last T positions: causal, or masked by `bias` (B, 1, T, S) when given, 0 where
+    a query may attend and -inf elsewhere (left padding, a KV cache's single token)."""
     short_on_cpu = q.device.type == "cpu" and q.dtype == torch.bfloat16 and k.shape[2] <= SHORT_ATTENTION
     if short_on_cpu or q.shape[2] == 1:
-        return explicit_attention(q, k, v, mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.shape[2] > 1,
+        return explicit_attention(q, k, v, bias)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, is_causal=bias is None and q.shape[2] > 1,
                                           enable_gqa=k.shape[1] != q.shape[1])
 
 
-def explicit_attention(q, k, v, mask=None):
+def mask_bias(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """0 where `allowed`, -inf elsewhere: added to the scores rather than filled in, as the backward
+    of an addition costs nothing."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill(~allowed, float("-inf"))
+
+
+def explicit_attention(q, k, v, bias=None):
     """`attend` as two batched matmuls, the query heads of one key/value head stacked as the rows of
     one product, so keys and values are never repeated. (The softmax of bf16 scores computes in fp32.)"""
     B, nh, T, hd = q.shape
     nkv, S = k.shape[1], k.shape[2]
     scores = ((q / math.sqrt(hd)).reshape(B, nkv, nh // nkv * T, hd) @ k.transpose(2, 3)).view(B, nkv, -1, T, S)
-    if mask is None:
-        mask = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T)
+    if bias is None:
+        bias = mask_bias(torch.ones(T, S, dtype=torch.bool, device=q.device).tril(S - T), scores.dtype)
     else:
-        mask = mask[:, :, None]  # (B, 1, 1, T, S) against the scores' (B, kv heads, group, T, S)
-    # Added rather than filled in: the backward of an addition costs nothing.
-    bias = torch.zeros(mask.shape, dtype=scores.dtype, device=q.device).masked_fill(~mask, float("-inf"))
+        bias = bias[:, :, None]  # (B, 1, 1, T, S) against the scores' (B, kv heads, group, T, S)
     probs = (scores + bias).softmax(-1).to(v.dtype)
     return (probs.view(B, nkv, -1, S) @ v).view(B, nh, T, hd)
 
@@ -189,9 +203,13 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.up_proj = nn.Linear(cfg.dim, cfg.ffn_dim, bias=False)
         self.down_proj = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+        self.gate_up_proj: nn.Linear | None = None  # the two joined, for decoding (herd/model/decoding.py)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.gate_up_proj is None:
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
 
 
 class Expert(nn.Module):
@@ -246,8 +264,8 @@ class Block(nn.Module):
         else:
             self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, cache=None, start=0, mask=None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start, mask)
+    def forward(self, x, cos, sin, cache=None, start=0, bias=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, start, bias)
         ffn = self.block_sparse_moe if self.is_moe else self.mlp
         return x + ffn(self.post_attention_layernorm(x))
 
@@ -288,29 +306,41 @@ class Llama(nn.Module):
                 scale = 1 / math.sqrt(2 * self.cfg.n_layers) if residual_out else 1
                 nn.init.normal_(p, std=std * scale, generator=generator)
 
-    def hidden(self, idx, cache=None, start=0, pad=None):
-        """`pad` (B,): how many left-padding tokens each row starts with (a batch of prompts of
-        different lengths); padding is never attended to and each row's positions start after it."""
-        T = idx.shape[1]
-        positions = torch.arange(start, start + T, device=idx.device)
-        # A decode step attends over the whole cache, masked past its position: a whole tensor is
-        # contiguous, and CPU's bf16 matmul copies a slice of one (twice the attention's time here).
-        span = cache[0][0].shape[2] if cache is not None and T == 1 else start + T
-        mask = None
+    def place(self, start: int, T: int, span: int, pad: torch.Tensor | None, dtype: torch.dtype):
+        """Where queries at positions start .. start + T - 1 sit: RoPE's (cos, sin) for them and their
+        attention bias over `span` keys in `dtype` (None when plainly causal). `pad` (B,): how many
+        left-padding tokens each row starts with; padding is never attended to and each row's
+        positions start after it. A decode loop places all its steps at once and slices them."""
+        dev = self.model.embed_tokens.weight.device
+        positions = torch.arange(start, start + T, device=dev)
+        bias = None
         if pad is not None or span > start + T:
-            pad = torch.zeros(idx.shape[0], dtype=torch.long, device=idx.device) if pad is None else pad
-            keys = torch.arange(span, device=idx.device)
+            pad = torch.zeros(1, dtype=torch.long, device=dev) if pad is None else pad
+            keys = torch.arange(span, device=dev)
             valid = keys[None, None, :] >= pad[:, None, None]
             causal = keys[None, None, :] <= positions[None, :, None]
             # A padding query attends to itself alone, so no row of the softmax is empty.
-            mask = (valid & causal | (keys[None, None, :] == positions[None, :, None]))[:, None]
+            bias = mask_bias((valid & causal | (keys[None, None, :] == positions[None, :, None]))[:, None], dtype)
             positions = (positions[None, :] - pad[:, None]).clamp(min=0)
         cos, sin = rope_tables(self.cfg, positions.reshape(-1))
         if positions.dim() == 2:  # per-row positions: (B, 1, T, head_dim) against q and k's (B, heads, T, head_dim)
-            cos, sin = cos.view(idx.shape[0], 1, T, -1), sin.view(idx.shape[0], 1, T, -1)
+            cos, sin = cos.view(len(pad), 1, T, -1), sin.view(len(pad), 1, T, -1)
+        return cos, sin, bias
+
+    def hidden(self, idx, cache=None, start=0, pad=None, placed=None):
+        """The final hidden states of `idx` (B, T) at positions start .. start + T - 1, after left
+        padding `pad` (B,) if given; `placed` is this call's `place`, when computed beforehand."""
         x = self.model.embed_tokens(idx)
+        if placed is None:
+            T = idx.shape[1]
+            # A decode step attends over the whole cache, masked past its position: a whole tensor is
+            # contiguous, and CPU's bf16 matmul copies a slice of one (twice the attention's time here).
+            span = cache[0][0].shape[2] if cache is not None and T == 1 else start + T
+            autocast = torch.is_autocast_enabled(idx.device.type)  # the bias comes in the scores' dtype
+            placed = self.place(start, T, span, pad, torch.get_autocast_dtype(idx.device.type) if autocast else x.dtype)
+        cos, sin, bias = placed
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, None if cache is None else cache[i], start, mask)
+            x = layer(x, cos, sin, None if cache is None else cache[i], start, bias)
         return self.model.norm(x)
 
     def forward(self, idx, cache=None, start=0, labels=None, pad=None):

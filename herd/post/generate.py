@@ -3,6 +3,7 @@ n samples per prompt (the rejection-sampling shape); greedy, temperature, top-k 
 
 import torch
 
+from herd.model.decoding import for_decoding
 from herd.training.distributed import device
 from herd.training.precision import autocast
 
@@ -26,10 +27,10 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
 
 
-def next_logits(model, ids: torch.Tensor, cache, start: int, pad: torch.Tensor | None) -> torch.Tensor:
+def next_logits(model, ids: torch.Tensor, cache, start: int, pad: torch.Tensor | None, placed=None) -> torch.Tensor:
     """Logits of the token after each row's last: the head reads the last position alone (over a
     whole prompt, the vocabulary projection of every position would cost more than the layers)."""
-    return model.lm_head(model.hidden(ids, cache, start, pad)[:, -1]).float()
+    return model.lm_head(model.hidden(ids, cache, start, pad, placed)[:, -1]).float()
 
 
 @torch.no_grad()
@@ -46,7 +47,12 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_id
     pad = torch.tensor([longest - len(p) for p in prompts], device=dev)
     pad = pad if bool(pad.any()) else None  # prompts of one length need no mask
     # The cache holds keys and values in the dtype attention computes in, so no step converts it.
-    cache = model.new_cache(rows, longest + max_new_tokens, torch.bfloat16 if precision == "bf16" else torch.float32)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    cache = model.new_cache(rows, longest + max_new_tokens, dtype)
+    # Every decode step's rotations and bias, computed at once (rows, so the bias is made even
+    # without padding, each step to be sliced out): a step then costs only its layers.
+    rows_pad = torch.zeros(rows, dtype=torch.long, device=dev) if pad is None else pad
+    steps = model.place(longest, max_new_tokens, longest + max_new_tokens, rows_pad, dtype)
     stops = torch.tensor(stop_ids, dtype=torch.long, device=dev)
     done = torch.zeros(rows, dtype=torch.bool, device=dev)
     out = []
@@ -58,7 +64,8 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_id
             done |= torch.isin(nxt, stops)
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
-            logits = next_logits(model, nxt[:, None], cache, longest + step, pad)
+            placed = tuple(t[:, :, step : step + 1] for t in steps)
+            logits = next_logits(model, nxt[:, None], cache, longest + step, pad, placed)
     results = []
     for row in torch.stack(out, 1).tolist():
         cut = next((i for i, t in enumerate(row) if t in stop_ids), None)
@@ -71,8 +78,11 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: tup
              generator: torch.Generator | None = None, precision: str = "bf16",
              batch_size: int = 64) -> list[list[list[int]]]:
     """n continuations of each prompt (a list of n token lists per prompt), generated `batch_size`
-    rows at a time; rows are batched by prompt length, so padding stays small."""
+    rows at a time; rows are batched by prompt length, so padding stays small. The model decodes
+    through `for_decoding`'s copy (~10 ms to make at the default size): a caller that generates
+    again and again passes one made beforehand."""
     rows = [p for p in prompts for _ in range(n)]
+    model = for_decoding(model.to(device()), precision)
     order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
     out: list[list[int]] = [[] for _ in rows]
     for i in range(0, len(order), batch_size):

@@ -17,12 +17,15 @@ import pandas as pd
 class HerdModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         from herd.data.tokens import load_tokenizer
+        from herd.model.decoding import for_decoding
         from herd.model.llama import load_checkpoint
         from herd.post.chat import ChatFormat
 
         folder = Path(context.artifacts["checkpoint"])
         self.kind = context.model_config["kind"]
         self.model = load_checkpoint(folder).eval()
+        if self.kind != "reward":  # prepared once, not on every request
+            self.model = for_decoding(self.model, "bf16")
         self.fmt = ChatFormat(load_tokenizer(folder))
 
     def predict(self, context, model_input, params=None):
