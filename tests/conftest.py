@@ -9,7 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+
+# The suite runs on two xdist workers (pyproject.toml): one thread per process, or two processes'
+# OpenMP threads spin against each other on two cores. Stage subprocesses inherit it.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

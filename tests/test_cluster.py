@@ -16,7 +16,8 @@ import pytest
 
 from tests.conftest import make_project, project_env
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="workers clone the project with git")
+pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="workers clone the project with git"),
+              pytest.mark.xdist_group("pipeline-b")]
 
 # CI runs the chain up to pretraining's evaluation on the pools, and experiments on an evaluation
 # knob (a few minutes); HERD_CLUSTER_FULL=1 runs every stage, and dpo.beta experiments.

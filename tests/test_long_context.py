@@ -18,6 +18,8 @@ from herd.model.llama import Llama, LlamaConfig
 from herd.post.generate import greedy
 from tests.conftest import kill_once_written, project_env, set_param
 
+pytestmark = pytest.mark.xdist_group("pipeline-b")  # see pyproject.toml's addopts
+
 
 class Characters:
     """A tokenizer of characters (ids = code points); the haystack's ids are beyond ASCII."""

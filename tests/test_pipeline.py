@@ -14,7 +14,7 @@ import yaml
 from herd.recipe import stages
 from tests.conftest import REPO, kill_once_written, project_env, run_flow, set_param, stage_lines
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline-a")]
 
 ALL = [s.name for s in stages(REPO)]  # tiny.yaml keeps the default number of rounds
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import project_env, stage_lines
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("pipeline-a")]
 
 
 def herd(project, *args, timeout=600) -> subprocess.CompletedProcess:
