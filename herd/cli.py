@@ -46,14 +46,20 @@ def cmd_run(args) -> None:
     run_pipeline(args.stages, args.force, args.wait, args.verbose, args.pools)
 
 
+def set_verbosity(verbose: bool) -> None:
+    """Prefect's own log lines (and its tracebacks of a failed stage) only with --verbose; before
+    prefect is first imported, which reads its settings once."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    else:
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+
+
 def run_pipeline(targets: list[str], force: bool, wait: bool, verbose: bool, pools: bool = False,
                  root=None, experiment: str | None = None) -> None:
     root = root or project_root()
     check_params(root)
-    if verbose:
-        os.environ[VERBOSE_ENV] = "1"
-    else:  # Prefect's own log lines (and its tracebacks of a failed stage) only with --verbose
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    set_verbosity(verbose)
     from herd.orchestration.flow import pipeline, upto
 
     upto({s.name: s.upstream for s in stages(root)}, targets)  # an unknown stage fails now, before Prefect starts
@@ -142,6 +148,7 @@ def cmd_serve(args) -> None:
 
 
 def cmd_exp_run(args) -> None:
+    set_verbosity(args.verbose)
     from herd.orchestration import experiments
     from herd.orchestration.flow import upto
 
@@ -154,6 +161,9 @@ def cmd_exp_run(args) -> None:
     try:
         run_pipeline(args.stages, False, False, args.verbose, args.pools, root=workspace, experiment=name)
         experiments.save(workspace, name, list(upto(dvc.graph(workspace), args.stages)) if args.stages else [])
+    except HerdError as e:  # its log would go with the workspace
+        kept = experiments.keep_logs(root, workspace, name)
+        raise HerdError(str(e).replace(str(workspace / ".herd" / "logs"), str(kept))) from None
     finally:
         experiments.remove(root, workspace)
     print(f"[herd] experiment {name} saved: `dvc exp show` compares it, `dvc exp apply {name}` brings it here")

@@ -236,6 +236,31 @@ def test_dvc_repro_and_dvc_exp_run_agree_with_herd(restore):
     assert running.findall(exp.stdout) == []
 
 
+def test_an_experiment_runs_the_code_as_it_stands_and_keeps_its_logs(restore):
+    """`herd exp run` takes this checkout's uncommitted edits and untracked files into its
+    workspace (a worktree of HEAD), as `dvc exp run` does; a failed run's stage logs stay here."""
+    from herd.orchestration import experiments
+
+    with (restore / "herd" / "config.py").open("a") as f:
+        f.write("# an uncommitted edit\n")
+    untracked = restore / "tasks" / "scratch.py"
+    untracked.write_text("DRAFT = 1\n")
+    try:
+        workspace = experiments.prepare(restore, {"dpo.beta": 0.3}, "carry")
+        try:
+            assert (workspace / "herd" / "config.py").read_text() == (restore / "herd" / "config.py").read_text()
+            assert (workspace / "tasks" / "scratch.py").read_text() == "DRAFT = 1\n"
+            assert yaml.safe_load((workspace / "params.yaml").read_text())["dpo"]["beta"] == 0.3
+            (workspace / ".herd" / "logs").mkdir(parents=True)
+            (workspace / ".herd" / "logs" / "dpo.log").write_text("diverged")
+            kept = experiments.keep_logs(restore, workspace, "carry")
+        finally:
+            experiments.remove(restore, workspace)
+        assert not workspace.exists() and (kept / "dpo.log").read_text() == "diverged"
+    finally:
+        untracked.unlink()
+
+
 def test_a_held_out_answer_file_is_a_dependency_of_the_base_model_evaluations(restore):
     (restore / "heldout.jsonl").write_text('{"question": "What is 2 + 3?", "answer": "2 + 3 = 5. #### 5"}\n')
     set_param(restore, "evaluate.answer_loss_files", ["heldout.jsonl"])

@@ -1,7 +1,8 @@
 """`herd exp run`: one param variant in a workspace of its own, so several run at once.
 
 The workspace is a git worktree of HEAD under .dvc/tmp/herd/<name> (where DVC keeps its own
-temporary workspaces, outside its view of the project) with this checkout's params.yaml, dvc.lock,
+temporary workspaces, outside its view of the project) with this checkout's uncommitted changes and
+untracked files (the code as it stands, as `dvc exp run` takes it), its params.yaml, dvc.lock,
 metrics/ and plots/, the changed params, and this checkout's DVC cache: every stage the change leaves alone
 is up to date there, checked out from the cache, and only the changed stages run (on the pools
 with `--pools`). The result is saved as a DVC experiment (`dvc exp save`: `dvc exp show` lists it
@@ -55,6 +56,7 @@ def prepare(root: Path, changes: dict, name: str) -> Path:
                         f"pick another --name, or `git worktree remove --force {workspace}` if it was killed")
     _run(["git", "worktree", "add", "-q", "--detach", str(workspace), "HEAD"], root, "git worktree add")
     try:
+        carry_changes(root, workspace)
         OmegaConf.save(params, workspace / "params.yaml")
         check_params(workspace)
         if (root / "dvc.lock").is_file():
@@ -74,6 +76,32 @@ def prepare(root: Path, changes: dict, name: str) -> Path:
         remove(root, workspace)
         raise
     return workspace
+
+
+def carry_changes(root: Path, workspace: Path) -> None:
+    """This checkout's uncommitted changes to tracked files, and the untracked files git does not
+    ignore, into the workspace (a worktree of HEAD)."""
+    diff = subprocess.run(["git", "diff", "HEAD", "--binary"], cwd=root, capture_output=True, check=True).stdout
+    if diff:
+        proc = subprocess.run(["git", "apply", "--binary", "-"], cwd=workspace, input=diff, capture_output=True)
+        if proc.returncode != 0:
+            raise HerdError(f"carrying this checkout's uncommitted changes into the experiment failed: "
+                            f"{proc.stderr.decode().strip()[-800:]}")
+    untracked = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "-z"], cwd=root,
+                               capture_output=True, check=True).stdout.decode()
+    for rel in filter(None, untracked.split("\0")):
+        (workspace / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, workspace / rel)
+
+
+def keep_logs(root: Path, workspace: Path, name: str) -> Path:
+    """The workspace's stage logs, kept in this checkout (.herd/logs/experiments/<name>) before the
+    workspace goes."""
+    kept = root / ".herd" / "logs" / "experiments" / name
+    shutil.rmtree(kept, ignore_errors=True)
+    if (workspace / ".herd" / "logs").is_dir():
+        shutil.copytree(workspace / ".herd" / "logs", kept)
+    return kept
 
 
 def save(workspace: Path, name: str, stages: list[str]) -> None:
