@@ -17,6 +17,7 @@ from torch import nn
 from herd.errors import HerdError
 from herd.model.llama import Llama
 from herd.model.lora import merge_lora
+from herd.training.precision import compute_dtype
 
 
 def joined(*layers: nn.Linear, dtype: torch.dtype) -> nn.Linear:
@@ -39,7 +40,7 @@ def for_decoding(model: Llama, precision: str) -> Llama:
     if prepared is not None:
         raise HerdError(f"this model was prepared for decoding in {prepared}, not {precision}: "
                         "prepare the original model instead")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = compute_dtype(precision)
     fast = merge_lora(copy.deepcopy(model)).eval().requires_grad_(False)
     for layer in fast.model.layers:
         attn = layer.self_attn
@@ -48,7 +49,7 @@ def for_decoding(model: Llama, precision: str) -> Llama:
         if not layer.is_moe:
             layer.mlp.gate_up_proj = joined(layer.mlp.gate_proj, layer.mlp.up_proj, dtype=dtype)
             del layer.mlp.gate_proj, layer.mlp.up_proj
-    if fast.head == "lm" and fast.lm_head.weight is fast.model.embed_tokens.weight:
+    if fast.lm_head.weight is fast.model.embed_tokens.weight:
         fast.lm_head = joined(fast.lm_head, dtype=dtype)
     for module in fast.modules():
         if type(module) is nn.Linear:

@@ -5,7 +5,7 @@ import torch
 
 from herd.model.decoding import for_decoding
 from herd.training.distributed import device
-from herd.training.precision import autocast
+from herd.training.precision import autocast, compute_dtype
 
 
 def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
@@ -47,7 +47,7 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_id
     pad = torch.tensor([longest - len(p) for p in prompts], device=dev)
     pad = pad if bool(pad.any()) else None  # prompts of one length need no mask
     # The cache holds keys and values in the dtype attention computes in, so no step converts it.
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    dtype = compute_dtype(precision)
     cache = model.new_cache(rows, longest + max_new_tokens, dtype)
     # Every decode step's rotations and bias, computed at once (rows, so the bias is made even
     # without padding, each step to be sliced out): a step then costs only its layers.

@@ -12,3 +12,8 @@ def autocast(precision: str):
     if precision == "bf16":
         return torch.autocast(distributed.device().type, dtype=torch.bfloat16)
     return nullcontext()
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    """The dtype `precision` computes in (bf16's autocast: bfloat16)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
