@@ -39,6 +39,7 @@ from herd.model.cross_entropy import IGNORE
 from herd.model.decoding import for_decoding
 from herd.model.llama import Llama, LlamaConfig, save_checkpoint
 from herd.post.chat import ChatFormat
+from herd.post.dpo import pair_batch, reference_logprobs
 from herd.post.generate import generate
 from herd.post.losses import dpo_loss, sequence_logprobs
 from herd.recipe import check_params
@@ -46,7 +47,6 @@ from herd.runtime.config import TrainRuntime
 from herd.training.config import TrainConfig
 from herd.training.distributed import device
 from herd.training.loop import LocalRun, train
-from herd.training.precision import autocast
 from herd.training.schedule import warmup_cosine
 from tasks.reward import bt_step
 
@@ -114,15 +114,10 @@ def herd_train(model, sec, args, batch_at, loss_fn) -> float:
 
 
 def herd_dpo(cfg, std, data, sec, args) -> tuple[float, float]:
-    dev = device()
-    rows = lambda chunk: FMT.batch(both(chunk), sec.seq_len)  # noqa: E731
-    ref, t0, ref_logps = new_model(cfg, std).to(dev).eval(), time.perf_counter(), []
-    with torch.no_grad():  # herd/post/dpo.py's reference_logprobs: once per pair, 32 pairs at a time
-        for i in range(0, len(data), 32):
-            with autocast(args.precision):
-                logps = sequence_logprobs(ref, {k: v.to(dev) for k, v in rows(data[i : i + 32]).items()})
-            ref_logps.append(torch.stack(logps.chunk(2), 1).cpu())
-    ref_logps, precompute_s = torch.cat(ref_logps), time.perf_counter() - t0
+    rows = lambda chunk: pair_batch(FMT, chunk, sec.seq_len)  # noqa: E731
+    ref, t0 = new_model(cfg, std), time.perf_counter()
+    ref_logps = reference_logprobs(ref, FMT, data, sec.seq_len, args.precision, per_token=False)
+    precompute_s = time.perf_counter() - t0
 
     def step_loss(model, batch):  # herd/post/dpo.py's step_loss with the sigmoid loss
         pi_chosen, pi_rejected = sequence_logprobs(model, batch).chunk(2)
