@@ -13,7 +13,7 @@ from herd.model.llama import Llama, LlamaConfig
 from herd.post.chat import ChatFormat
 from herd.post.dpo import pair_batch, reference_logprobs
 from herd.post.losses import bradley_terry_loss, dpo_loss, sequence_logprobs
-from herd.post.task import constructed_pairs, final_answer, verify
+from herd.post.task import calculations_hold, constructed_pairs, exact_match, final_answer, verify
 from herd.training.averaging import averaged
 from tasks.rejection_sample import losers, rank_key, sampling_metrics
 
@@ -40,6 +40,21 @@ def test_drill_splits_are_disjoint_and_their_solutions_verify():
     assert not (trained & held[0]) and not (trained & held[1]) and not (held[0] & held[1])
     for doc in splits["test"]:
         assert verify(doc["solution"], doc["answer"]) and eval(doc["solution"].split("=")[0]) == int(doc["answer"])
+
+
+def test_the_verifier_rejects_a_right_answer_reached_by_a_wrong_calculation():
+    assert verify("3 + 8 = 11. The answer is 11.", "11")
+    assert exact_match("2 + 8 = 11. The answer is 11.", "11") and not verify("2 + 8 = 11. The answer is 11.", "11")
+    assert not verify("10 -10 = 9. The answer is 9.", "9")
+
+
+def test_calculations_are_checked_as_gsm8k_and_prose_write_them():
+    gsm8k = "Janet sells 16 - 3 - 4 = <<16-3-4=9>>9 duck eggs.\nShe makes 9 * 2 = $<<9*2=18>>18 a day."
+    assert calculations_hold(gsm8k) and not calculations_hold(gsm8k.replace("9*2=18", "9*2=19"))
+    assert calculations_hold("He pays 80,000 * 2 = 160,000 dollars; -3 + 5 = 2; 2.5 × 4 = 10")
+    assert calculations_hold("7 / 3 = 2.33 each") and not calculations_hold("7 / 3 = 2.34 each")
+    assert not calculations_hold("5 / 0 = 3") and not calculations_hold("2 * 3 + 1 = 8")
+    assert calculations_hold("a 3-day trip; no working at all")
 
 
 def test_a_constructed_wrong_answer_is_wrong_in_its_equation_and_its_final_answer():

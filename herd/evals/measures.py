@@ -11,7 +11,7 @@ from herd.data.io import read_jsonl
 from herd.data.tokens import load_streams
 from herd.post.generate import greedy
 from herd.post.preference_data import PreferenceSource, check_sources
-from herd.post.task import test_problems, verify
+from herd.post.task import exact_match, test_problems
 from herd.training.lm_stage import eval_losses
 
 
@@ -56,7 +56,7 @@ def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: 
     prompts = [fmt.prompt(p["question"]) if chat else fmt.base_prompt(p["question"]) for p in problems]
     outputs = greedy(model, prompts, max_new, fmt.stops, precision)
     answer = fmt.decode if chat else fmt.base_answer
-    hits = sum(verify(answer(o), p["answer"]) for o, p in zip(outputs, problems, strict=True))
+    hits = sum(exact_match(answer(o), p["answer"]) for o, p in zip(outputs, problems, strict=True))
     return round(hits / len(problems), 4)
 
 

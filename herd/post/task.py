@@ -3,18 +3,24 @@
 Two kinds come with the built-in corpus (herd/data/corpus.py): `drill`, short arithmetic on small
 numbers that the default base model solves part of the time (so best-of-K has something to pick),
 and `math`, the word problems (GSM8K-style, for larger models). A worked solution ends with
-"The answer is N."; the verifier reads that number.
+"The answer is N.". Exact match reads that number; the verifier also checks every calculation the
+solution writes out, so a right answer reached by wrong working is not taken as a right sample.
 """
 
+import ast
 import random
 import re
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 from herd.config import ParamError
 from herd.data.io import in_holdout, read_jsonl
 
 ANSWER = re.compile(r"The answer is (-?\d+)\.")
+_NUMBER = r"\d[\d,]*(?:\.\d+)?"
+# A calculation written out: numbers joined by + - * / × (GSM8K's <<48/2=24>> included), "=", a number.
+CALCULATION = re.compile(rf"(?<![\w.,])(-?{_NUMBER}(?:\s*[-+*/×]\s*{_NUMBER})+)\s*=\s*\$?(-?{_NUMBER})")
 KINDS = ("drill", "math")
 
 
@@ -32,9 +38,47 @@ def final_answer(text: str) -> str | None:
     return m.group(1) if m else None
 
 
-def verify(text: str, answer: str) -> bool:
+def exact_match(text: str, answer: str) -> bool:
     """Whether a response's final answer is the right one."""
     return final_answer(text) == answer
+
+
+def _value(node: ast.AST) -> Fraction:
+    """An arithmetic expression's exact value (numbers, + - * /, unary minus); ZeroDivisionError or
+    ValueError for anything else."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
+        return Fraction(str(node.value))
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_value(node.operand)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
+        left, right = _value(node.left), _value(node.right)
+        ops = {ast.Add: lambda: left + right, ast.Sub: lambda: left - right, ast.Mult: lambda: left * right,
+               ast.Div: lambda: left / right}
+        return ops[type(node.op)]()
+    raise ValueError(f"not arithmetic: {ast.dump(node)}")
+
+
+def calculation_holds(expression: str, stated: str) -> bool:
+    """Whether `expression` equals `stated`, up to the rounding of the decimals `stated` shows."""
+    try:
+        value = _value(ast.parse(expression.replace(",", "").replace("×", "*"), mode="eval").body)
+    except (ZeroDivisionError, ValueError, SyntaxError):
+        return False
+    stated = stated.replace(",", "")
+    decimals = len(stated.split(".")[1]) if "." in stated else 0
+    return abs(value - Fraction(stated)) <= Fraction(1, 2 * 10**decimals) if decimals else value == Fraction(stated)
+
+
+def calculations_hold(text: str) -> bool:
+    """Whether every calculation the text writes out (`3 + 8 = 11`, `29 * 12 = 348`) is right."""
+    return all(calculation_holds(m.group(1), m.group(2)) for m in CALCULATION.finditer(text))
+
+
+def verify(text: str, answer: str) -> bool:
+    """Whether a response is right: its final answer, and every calculation in its working (Llama 3
+    drops rejection samples whose reasoning is wrong although their answer is right; here ~14% of
+    the drill's right answers were reached by a wrong sum)."""
+    return exact_match(text, answer) and calculations_hold(text)
 
 
 def prompts(kind: str, evals: Path, filtered_rows: list[dict], purpose: str) -> list[dict]:
