@@ -7,7 +7,6 @@ and `math`, the word problems (GSM8K-style, for larger models). A worked solutio
 solution writes out, so a right answer reached by wrong working is not taken as a right sample.
 """
 
-import ast
 import random
 import re
 from dataclasses import dataclass
@@ -19,8 +18,13 @@ from herd.data.io import in_holdout, read_jsonl
 
 ANSWER = re.compile(r"The answer is (-?\d+)\.")
 _NUMBER = r"\d[\d,]*(?:\.\d+)?"
-# A calculation written out: numbers joined by + - * / × (GSM8K's <<48/2=24>> included), "=", a number.
-CALCULATION = re.compile(rf"(?<![\w.,])(-?{_NUMBER}(?:\s*[-+*/×]\s*{_NUMBER})+)\s*=\s*\$?(-?{_NUMBER})")
+_OPERATOR = r"(?:\s*[-+*/×]\s*|\s+x\s+)"
+# A calculation written out: numbers joined by + - * / × (or x between spaces), "=", a number
+# (GSM8K's <<48/2=24>> included). Not one that goes on past its value (`= 1/4`, `= 46 - 4`, a
+# chain the next calculation checks) or starts inside a mixed number (`1 1/2`) or a longer expression
+# (`X*6 + 9`, `(1/5) * 425`).
+CALCULATION = re.compile(rf"(?<![\w.,)+*/×-])(?<![\d)+*/×-]\s)(-?{_NUMBER}(?:{_OPERATOR}{_NUMBER})+)"
+                         rf"\s*=\s*\$?(-?{_NUMBER})(?!\d|\.\d|{_OPERATOR}\d|\s\d+/)")
 KINDS = ("drill", "math")
 
 
@@ -43,30 +47,32 @@ def exact_match(text: str, answer: str) -> bool:
     return final_answer(text) == answer
 
 
-def _value(node: ast.AST) -> Fraction:
-    """An arithmetic expression's exact value (numbers, + - * /, unary minus); ZeroDivisionError or
-    ValueError for anything else."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, int | float):
-        return Fraction(str(node.value))
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_value(node.operand)
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add | ast.Sub | ast.Mult | ast.Div):
-        left, right = _value(node.left), _value(node.right)
-        ops = {ast.Add: lambda: left + right, ast.Sub: lambda: left - right, ast.Mult: lambda: left * right,
-               ast.Div: lambda: left / right}
-        return ops[type(node.op)]()
-    raise ValueError(f"not arithmetic: {ast.dump(node)}")
+def evaluate(expression: str) -> Fraction:
+    """The exact value of numbers joined by + - * / (× or x for *), as CALCULATION finds them (a leading
+    minus allowed): * and / before + and -. ZeroDivisionError on a division by zero."""
+    body = expression.strip()
+    numbers = [Fraction(n.replace(",", "")) for n in re.findall(_NUMBER, body)]
+    operators = re.findall(r"[-+*/×x]", body.removeprefix("-"))  # numbers hold no sign: the rest are operators
+    total, sign, term = Fraction(0), -1 if body.startswith("-") else 1, numbers[0]
+    for op, number in zip(operators, numbers[1:], strict=True):
+        if op in "*×x":
+            term *= number
+        elif op == "/":
+            term /= number
+        else:
+            total, sign, term = total + sign * term, 1 if op == "+" else -1, number
+    return total + sign * term
 
 
 def calculation_holds(expression: str, stated: str) -> bool:
     """Whether `expression` equals `stated`, up to the rounding of the decimals `stated` shows."""
     try:
-        value = _value(ast.parse(expression.replace(",", "").replace("×", "*"), mode="eval").body)
-    except (ZeroDivisionError, ValueError, SyntaxError):
+        value = evaluate(expression)
+    except ZeroDivisionError:
         return False
     stated = stated.replace(",", "")
     decimals = len(stated.split(".")[1]) if "." in stated else 0
-    return abs(value - Fraction(stated)) <= Fraction(1, 2 * 10**decimals) if decimals else value == Fraction(stated)
+    return abs(value - Fraction(stated)) <= Fraction(1, 2 * 10**decimals)
 
 
 def calculations_hold(text: str) -> bool:
