@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from herd.data import corpus
+from herd.data.io import read_jsonl
 from herd.data.tokens import ASSISTANT, END, EOT, PAD, SYSTEM, USER, train_tokenizer
 from herd.model.cross_entropy import IGNORE
 from herd.model.llama import Llama, LlamaConfig
@@ -62,13 +63,10 @@ def test_calculations_are_checked_as_gsm8k_and_prose_write_them():
 def test_gsm8k_reference_solutions_pass_the_calculation_check():
     """The check must not reject real worked solutions: GSM8K's fail it in 38 of 8,792, about half
     of them GSM8K's own slips (`2*8 = 24`), the rest percentages and spaced fractions."""
-    import gzip
-    import json
-
     files = [SHARED_DATA / "gsm8k" / f"{split}.jsonl.gz" for split in ("train", "test")]
     if not all(f.is_file() for f in files):
         pytest.skip("../shared/data/gsm8k is absent")
-    solutions = [json.loads(line)["answer"] for f in files for line in gzip.open(f, "rt")]
+    solutions = [row["answer"] for f in files for row in read_jsonl(f)]
     failing = [s for s in solutions if not calculations_hold(s)]
     assert len(failing) < 0.01 * len(solutions)
     assert any("2*8 = 24" in s for s in failing)
