@@ -17,6 +17,7 @@ def answer_scores(model, pairs: list[tuple[list[int], list[int]]],
                   precision: str) -> tuple[list[bool], list[float]]:
     """For (prompt, answer) pairs of one total length: whether each answer is the greedy
     continuation of its prompt, and its mean loss."""
+    model.to(device())  # a loaded checkpoint starts on the CPU
     ids = torch.tensor([prompt + answer for prompt, answer in pairs], device=device())
     labels = torch.full_like(ids, IGNORE)
     for i, (prompt, answer) in enumerate(pairs):

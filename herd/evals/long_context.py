@@ -63,6 +63,7 @@ def loss_by_position(model, streams: dict[str, np.ndarray], seq_len: int, window
                      precision: str) -> list[dict]:
     """Mean next-token loss in `buckets` equal stretches of position, over evenly spaced held-out
     windows of every stream long enough: whether the model uses (or is confused by) far context."""
+    model.to(device())  # a loaded checkpoint starts on the CPU
     totals = torch.zeros(seq_len)
     count = 0
     for stream in streams.values():

@@ -138,6 +138,7 @@ class PretrainLoss:
 def domain_losses(model, streams: dict[str, np.ndarray], seq_len: int, windows: int,
                   precision: str = "bf16") -> dict[str, float]:
     """Mean next-token loss per domain on evenly spaced held-out windows (deterministic)."""
+    model.to(device())  # a stage may evaluate a checkpoint it just loaded (on the CPU) before training it
     out = {}
     for domain, stream in sorted(streams.items()):
         if len(stream) <= seq_len + 1:
