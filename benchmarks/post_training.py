@@ -18,7 +18,10 @@ precomputation stay outside it; medians over alternating `--rounds`.
 - Generation: greedy, KV cache, left-padded prompts of four lengths, exactly `--new-tokens` new
   tokens per row on both sides (no stop token), at each of `--batches`. Herd's model is prepared
   for decoding once (herd/model/decoding.py, `herd_prepare_s`), as `transformers` loads its model
-  once: outside the timing, as serving does.
+  once: outside the timing, as serving does. `generate_ratio` is Herd's eager decoding against
+  `generate`; `generate_ratio_compiled` is Herd with runtime.generate.compile, its compile paid in
+  the warm-up (`herd_compile_s`, per round: the first compiles, later ones read inductor's cache)
+  and its tokens checked equal to the eager ones.
 
 Where the two sides differ by design, CAVEATS says so (in the JSON too). The last line printed is
 one JSON object.
@@ -57,7 +60,9 @@ CAVEATS = ["trl's gradient_checkpointing (its default: on) is off, so both sides
            "herd's dpo reference log-probs are computed once before training (herd_ref_precompute_s, outside "
            "steps/s); trl's default recomputes them every step",
            "herd's generation model is prepared for decoding once (fused projections, bf16 weights; "
-           "herd_prepare_s, outside tokens/s), as the hf model is loaded once"]
+           "herd_prepare_s, outside tokens/s), as the hf model is loaded once",
+           "generate_ratio_compiled sets herd's compiled decoding against hf's eager generate (its default), "
+           "the compile paid outside tokens/s (herd_compile_s)"]
 
 
 class Batcher:
@@ -248,20 +253,26 @@ def main() -> None:
                 add("reward_herd", herd_reward(cfg, m.init_std, rw_data, rw, args))
                 add("reward_trl", trl_run("reward", score, rw_data, rw, args, max_length=rw.seq_len))
             if "generate" not in skip:
-                herd_model, t0 = new_model(cfg, m.init_std).to(dev).eval(), time.perf_counter()
-                herd_model = for_decoding(herd_model, args.precision)
+                original, t0 = new_model(cfg, m.init_std).to(dev).eval(), time.perf_counter()
+                herd_model = for_decoding(original, args.precision)
                 add("herd_prepare_s", time.perf_counter() - t0)
+                compiled, compile_s = for_decoding(original, args.precision, compile=True), 0.0
                 hf = transformers.AutoModelForCausalLM.from_pretrained(lm).to(dev).eval()
                 hf.generation_config.eos_token_id = None  # no early stop: every row makes new_tokens tokens
                 for b in batches:
-                    herd_generate(herd_model, prompts[:b], 4, args.precision)  # warm up both
+                    herd_generate(herd_model, prompts[:b], 4, args.precision)  # warm up all three
                     hf_generate(hf, prompts[:b], 4, args.precision)
+                    compile_s += herd_generate(compiled, prompts[:b], 4, args.precision)[0]  # compiles here
                     t_herd, out_herd = herd_generate(herd_model, prompts[:b], args.new_tokens, args.precision)
                     t_hf, out_hf = hf_generate(hf, prompts[:b], args.new_tokens, args.precision)
+                    t_compiled, out_compiled = herd_generate(compiled, prompts[:b], args.new_tokens, args.precision)
                     assert all(len(o) == args.new_tokens for o in out_herd + out_hf), "a side stopped early"
+                    assert out_compiled == out_herd, "compiled decoding changed a token"
                     add(f"gen_herd_{b}", b * args.new_tokens / t_herd), add(f"gen_hf_{b}", b * args.new_tokens / t_hf)
+                    add(f"gen_compiled_{b}", b * args.new_tokens / t_compiled)
                     same = sum(x == y for a, h in zip(out_herd, out_hf, strict=True) for x, y in zip(a, h, strict=True))
                     add(f"gen_same_{b}", same / (b * args.new_tokens))
+                add("herd_compile_s", compile_s)
             print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.3g}" for k, v in res.items()), flush=True)
     med = {k: statistics.median(v) for k, v in res.items()}
     ratio = lambda a, b: round(med[a] / med[b], 3)  # noqa: E731
@@ -279,11 +290,14 @@ def main() -> None:
         out.update(reward_ratio_vs_trl=ratio("reward_herd", "reward_trl"), reward_batch=rw.batch_size,
                    reward_seq_len=rw.seq_len)
     if "generate" not in skip:
-        out["generate_tokens_per_s"] = {b: {s: round(med[f"gen_{s}_{b}"], 1) for s in ("herd", "hf")} for b in batches}
+        out["generate_tokens_per_s"] = {b: {s: round(med[f"gen_{s}_{b}"], 1) for s in ("herd", "compiled", "hf")}
+                                        for b in batches}
         out["generate_ratio"] = {str(b): ratio(f"gen_herd_{b}", f"gen_hf_{b}") for b in batches}
+        out["generate_ratio_compiled"] = {str(b): ratio(f"gen_compiled_{b}", f"gen_hf_{b}") for b in batches}
         out["generate_same_tokens"] = {str(b): round(res[f"gen_same_{b}"][-1], 3) for b in batches}
         out.update(new_tokens=args.new_tokens, prompt_len=args.prompt_len,
-                   herd_prepare_s=round(med["herd_prepare_s"], 3))
+                   herd_prepare_s=round(med["herd_prepare_s"], 3),
+                   herd_compile_s=[round(s, 1) for s in res["herd_compile_s"]])
     print(json.dumps(out))
 
 

@@ -39,12 +39,12 @@ def run(st: StageRun) -> None:
 
 def compare(st: StageRun, fmt: ChatFormat, policy, problems: list[dict]) -> None:
     """Win rates over the baseline (a base model answers from its pretraining prompt)."""
-    cfg, precision = st.cfg.evaluate, st.cfg.train.precision
+    cfg, precision, compile = st.cfg.evaluate, st.cfg.train.precision, st.cfg.runtime.generate.compile
     baseline = st.upstream_manifest("baseline")
     questions = [p["question"] for p in problems]
-    new = answers(policy, fmt, questions, cfg.max_new_tokens, precision)
+    new = answers(policy, fmt, questions, cfg.max_new_tokens, precision, compile=compile)
     old = answers(load_checkpoint(st.input("baseline") / "model"), fmt, questions, cfg.max_new_tokens, precision,
-                  chat=baseline.get("model_kind") == "policy")
+                  chat=baseline.get("model_kind") == "policy", compile=compile)
     judge = load_checkpoint(st.input("judge") / "model")
     st.metrics["win_rate_reward"] = win_rate(judge, fmt, questions, new, old, precision)
     right = [(verify(n, p["answer"]), verify(o, p["answer"])) for n, o, p in zip(new, old, problems, strict=True)]
@@ -73,7 +73,7 @@ def gate_champion(st: StageRun, problems: list[dict]) -> None:
     else:  # the champion may come from another run, with its own tokenizer
         folder = registry.checkpoint_of(tcfg.policy_model, champion.version)
         best = math_exact_match(load_checkpoint(folder), ChatFormat(load_tokenizer(folder)), problems, True,
-                                st.cfg.evaluate.max_new_tokens, st.cfg.train.precision)
+                                st.cfg.evaluate.max_new_tokens, st.cfg.train.precision, st.cfg.runtime.generate.compile)
     promote = best is None or score > best
     registry.crown(tcfg.policy_model, version.version, tcfg.alias, promote, {
         "herd.champion.decision": "promoted" if promote else "kept",

@@ -108,7 +108,7 @@ def run(st: StageRun) -> None:
         encode, answer = (fmt.prompt, fmt.decode) if chat else (fmt.base_prompt, fmt.base_answer)
         outputs = generate(model, [encode(p["question"]) for p in problems], cfg.max_new_tokens, fmt.stops,
                            n=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, generator=g,
-                           precision=precision, batch_size=cfg.batch_size)
+                           precision=precision, batch_size=cfg.batch_size, compile=st.cfg.runtime.generate.compile)
         for p, out, mine in zip(problems, outputs, samples, strict=True):
             mine += [{"member": st.upstream_manifest(role)["stage"], "text": answer(o),
                       "correct": verify(answer(o), p["answer"])} for o in out]

@@ -117,7 +117,8 @@ def onpolicy_pairs(st: StageRun, fmt: ChatFormat, rows: list[dict]) -> list[dict
         return []
     outputs = generate(load_checkpoint(st.input("base") / "model"), [fmt.base_prompt(p["question"]) for p in pool],
                        cfg.max_new_tokens, fmt.stops, n=cfg.k, temperature=cfg.temperature, top_p=cfg.top_p,
-                       generator=torch.Generator().manual_seed(st.seed), precision=st.cfg.train.precision)
+                       generator=torch.Generator().manual_seed(st.seed), precision=st.cfg.train.precision,
+                       compile=st.cfg.runtime.generate.compile)
     rng, pairs = random.Random(f"onpolicy:{st.seed}"), []
     for problem, samples in zip(pool, outputs, strict=True):
         texts = list(dict.fromkeys(fmt.base_answer(s) for s in samples))

@@ -51,10 +51,10 @@ class EvaluateConfig:
                              f"headline long-context measures are taken at")
 
 
-def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: str) -> float:
+def math_exact_match(model, fmt, problems, chat: bool, max_new: int, precision: str, compile: bool = False) -> float:
     """Share of problems whose greedy answer's final number is right (chat or base prompt format)."""
     prompts = [fmt.prompt(p["question"]) if chat else fmt.base_prompt(p["question"]) for p in problems]
-    outputs = greedy(model, prompts, max_new, fmt.stops, precision)
+    outputs = greedy(model, prompts, max_new, fmt.stops, precision, compile=compile)
     answer = fmt.decode if chat else fmt.base_answer
     hits = sum(exact_match(answer(o), p["answer"]) for o, p in zip(outputs, problems, strict=True))
     return round(hits / len(problems), 4)
@@ -64,7 +64,7 @@ def model_measures(st, model, fmt, chat: bool) -> dict[str, float]:
     """The measures every language model gets, base or policy: held-out loss by domain at the
     short context, loss on long documents at the long context, exact match on the word problems
     and on the post-training task's held-out problems (in the chat format for a policy)."""
-    cfg, precision = st.cfg.evaluate, st.cfg.train.precision
+    cfg, precision, compile = st.cfg.evaluate, st.cfg.train.precision, st.cfg.runtime.generate.compile
     val = load_streams(st.input("tokenizer"), "validation")
     evals = st.input("corpus") / "evals"
     out = {}
@@ -76,7 +76,7 @@ def model_measures(st, model, fmt, chat: bool) -> dict[str, float]:
             out[f"val_loss_long_len{cfg.long_seq_len}"] = eval_losses(st, model, {"long": val["long"]},
                                                                       cfg.long_seq_len)["long"]
     problems = read_jsonl(evals / "math_test.jsonl")[: cfg.math_problems]
-    out["math_exact_match"] = math_exact_match(model, fmt, problems, chat, cfg.max_new_tokens, precision)
+    out["math_exact_match"] = math_exact_match(model, fmt, problems, chat, cfg.max_new_tokens, precision, compile)
     task = test_problems(st.cfg.task.kind, evals)[: cfg.task_problems]
-    out["task_exact_match"] = math_exact_match(model, fmt, task, chat, cfg.max_new_tokens, precision)
+    out["task_exact_match"] = math_exact_match(model, fmt, task, chat, cfg.max_new_tokens, precision, compile)
     return out

@@ -14,10 +14,12 @@ def reward_accuracy(judge, fmt, pairs: list[dict], precision: str, seq_len: int 
     return round(sum(c > r for c, r in zip(chosen, rejected, strict=True)) / len(pairs), 4)
 
 
-def answers(model, fmt, questions: list[str], max_new: int, precision: str, chat: bool = True) -> list[str]:
+def answers(model, fmt, questions: list[str], max_new: int, precision: str, chat: bool = True,
+            compile: bool = False) -> list[str]:
     """Greedy answers, in the chat format or (a base model) from the pretraining prompt."""
     encode, answer = (fmt.prompt, fmt.decode) if chat else (fmt.base_prompt, fmt.base_answer)
-    return [answer(o) for o in greedy(model, [encode(q) for q in questions], max_new, fmt.stops, precision)]
+    return [answer(o) for o in greedy(model, [encode(q) for q in questions], max_new, fmt.stops, precision,
+                                      compile=compile)]
 
 
 def win_rate(judge, fmt, questions: list[str], new: list[str], old: list[str], precision: str) -> float:

@@ -27,17 +27,12 @@ def pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float,
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(logits.device)
 
 
-def next_logits(model, ids: torch.Tensor, cache, start: int, pad: torch.Tensor | None, placed=None) -> torch.Tensor:
-    """Logits of the token after each row's last: the head reads the last position alone (over a
-    whole prompt, the vocabulary projection of every position would cost more than the layers)."""
-    return model.lm_head(model.hidden(ids, cache, start, pad, placed)[:, -1]).float()
-
-
 @torch.no_grad()
 def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: tuple[int, ...],
                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                    generator: torch.Generator | None = None, precision: str = "bf16") -> list[list[int]]:
-    """One continuation of each prompt, all in one batch; each is cut after its first stop token."""
+    """One continuation of each prompt, all in one batch, by a model `for_decoding` prepared; each is
+    cut after its first stop token."""
     dev = device()
     model.to(dev).eval()
     longest, rows = max(len(p) for p in prompts), len(prompts)
@@ -57,7 +52,7 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_id
     done = torch.zeros(rows, dtype=torch.bool, device=dev)
     out = []
     with autocast(precision):
-        logits = next_logits(model, ids.to(dev), cache, 0, pad)
+        logits = model.next_logits(model, ids.to(dev), cache, 0, pad)
         for step in range(max_new_tokens):
             nxt = pick(logits, temperature, top_k, top_p, generator)
             out.append(nxt)
@@ -65,7 +60,7 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_id
             if bool(done.all()) or step == max_new_tokens - 1:
                 break
             placed = tuple(t[:, :, step : step + 1] for t in steps)
-            logits = next_logits(model, nxt[:, None], cache, longest + step, pad, placed)
+            logits = model.next_logits(model, nxt[:, None], cache, longest + step, pad, placed)
     results = []
     for row in torch.stack(out, 1).tolist():
         cut = next((i for i, t in enumerate(row) if t in stop_ids), None)
@@ -76,13 +71,13 @@ def generate_batch(model, prompts: list[list[int]], max_new_tokens: int, stop_id
 def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: tuple[int, ...], n: int = 1,
              temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              generator: torch.Generator | None = None, precision: str = "bf16",
-             batch_size: int = 64) -> list[list[list[int]]]:
+             batch_size: int = 64, compile: bool = False) -> list[list[list[int]]]:
     """n continuations of each prompt (a list of n token lists per prompt), generated `batch_size`
     rows at a time; rows are batched by prompt length, so padding stays small. The model decodes
-    through `for_decoding`'s copy (~10 ms to make at the default size): a caller that generates
-    again and again passes one made beforehand."""
+    through `for_decoding`'s copy (~10 ms to make at the default size; its decode steps compiled if
+    `compile`): a caller that generates again and again passes one made beforehand."""
     rows = [p for p in prompts for _ in range(n)]
-    model = for_decoding(model.to(device()), precision)
+    model = for_decoding(model.to(device()), precision, compile)
     order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
     out: list[list[int]] = [[] for _ in rows]
     for i in range(0, len(order), batch_size):
@@ -94,7 +89,7 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: tup
 
 
 def greedy(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: tuple[int, ...],
-           precision: str = "bf16", batch_size: int = 64) -> list[list[int]]:
+           precision: str = "bf16", batch_size: int = 64, compile: bool = False) -> list[list[int]]:
     """The greedy continuation of each prompt."""
     return [s[0] for s in generate(model, prompts, max_new_tokens, stop_ids, precision=precision,
-                                   batch_size=batch_size)]
+                                   batch_size=batch_size, compile=compile)]

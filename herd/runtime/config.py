@@ -45,6 +45,15 @@ class TrainRuntime:
 
 
 @dataclass
+class GenerateRuntime:
+    # torch.compile the prompt pass and each decode step (herd/model/decoding.py): the same tokens,
+    # ~1.5x eager's tokens/s at the default size on CPU, after compiling ~100 s the first time on a
+    # machine and ~25 s per process after (inductor's cache): for sampling runs of minutes, not the
+    # default pipeline's seconds
+    compile: bool = False
+
+
+@dataclass
 class TrackingConfig:
     """Where runs go."""
 
@@ -95,6 +104,7 @@ class PoolsConfig:
 class RuntimeConfig:
     filter: FilterRuntime = field(default_factory=FilterRuntime)
     train: TrainRuntime = field(default_factory=TrainRuntime)
+    generate: GenerateRuntime = field(default_factory=GenerateRuntime)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     pools: PoolsConfig = field(default_factory=PoolsConfig)
 
