@@ -15,7 +15,7 @@ from herd.model.lora import LoraConfig, apply_lora, count_params, merge_lora
 from herd.post.chat import ChatFormat, seed_chat_tokens
 from herd.stage import CURVE_PLOTS, StageRun, StageSpec, main
 from herd.training.config import TrainConfig, check_optimization
-from herd.training.distributed import device
+from herd.training.distributed import device, to_device
 from herd.training.lm import lm_loss
 from herd.training.lm_stage import save_model
 from herd.training.loop import train
@@ -62,7 +62,7 @@ def run(st: StageRun) -> None:
         return [fmt.packed([examples[i] for i in idx], cfg.seq_len)]
 
     def response_loss() -> float:  # before training the model is on the CPU, after it on the device
-        batch = {k: v.to(device()) for k, v in fmt.packed(examples[:64], cfg.seq_len).items()}
+        batch = to_device(fmt.packed(examples[:64], cfg.seq_len))
         with torch.no_grad(), autocast(st.cfg.train.precision):
             return round(lm_loss(model.to(device()), batch)[0].item(), 4)
 

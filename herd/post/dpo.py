@@ -19,7 +19,7 @@ from herd.post.preference_data import PreferenceSource, check_sources, load_pref
 from herd.stage import StageRun
 from herd.training.averaging import averaged
 from herd.training.config import check_optimization
-from herd.training.distributed import device
+from herd.training.distributed import device, to_device
 from herd.training.lm_stage import save_model
 from herd.training.loop import train
 from herd.training.precision import autocast
@@ -84,11 +84,10 @@ def pair_batch(fmt: ChatFormat, pairs: list, seq_len: int) -> dict:
 def reference_logprobs(reference, fmt, pairs, seq_len: int, precision: str, per_token: bool) -> torch.Tensor:
     """(pairs, 2) log-probabilities of the chosen and rejected responses under the frozen
     reference, once for all pairs: the reference never changes, so no step recomputes them."""
-    dev = device()
-    reference.to(dev).eval()
+    reference.to(device()).eval()
     out = []
     for i in range(0, len(pairs), 32):
-        batch = {k: v.to(dev) for k, v in pair_batch(fmt, pairs[i : i + 32], seq_len).items()}
+        batch = to_device(pair_batch(fmt, pairs[i : i + 32], seq_len))
         with autocast(precision):
             logps = sequence_logprobs(reference, batch)
         if per_token:

@@ -3,7 +3,7 @@
 import torch
 
 from herd.post.losses import rewards
-from herd.training.distributed import device
+from herd.training.distributed import device, to_device
 from herd.training.precision import autocast
 
 
@@ -12,11 +12,10 @@ def score_responses(model, fmt, pairs: list[tuple[str | list[dict], str]], seq_l
                     precision: str = "bf16") -> list[float]:
     """Reward of each (prompt, response text); a prompt is a question or a conversation's messages."""
     rows = [(fmt.prompt(p), fmt.response(r)) for p, r in pairs]
-    dev = device()
-    model.to(dev).eval()
+    model.to(device()).eval()
     scores = []
     for i in range(0, len(rows), batch_size):
-        batch = {k: v.to(dev) for k, v in fmt.conversations(rows[i : i + batch_size], seq_len).items()}
+        batch = to_device(fmt.conversations(rows[i : i + batch_size], seq_len))
         with autocast(precision):
             scores += rewards(model, batch).tolist()
     return scores

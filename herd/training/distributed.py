@@ -26,6 +26,12 @@ def device() -> torch.device:
     return torch.device("cpu")
 
 
+def to_device(batch: dict) -> dict:
+    """The batch with its tensors on `device()` (other values as they are)."""
+    dev = device()
+    return {k: v.to(dev) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def init() -> None:
     """Join the process group when launched by torchrun (no-op for a single process)."""
     if world_size() > 1 and not dist.is_initialized():

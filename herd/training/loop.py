@@ -144,8 +144,7 @@ def train(
     """
     precision, tcfg = st.cfg.train.precision, st.cfg.runtime.train
     rank, world = distributed.rank(), distributed.world_size()
-    dev = distributed.device()
-    model.to(dev)
+    model.to(distributed.device())
     opt = make_optimizer(model, weight_decay)
     ckpt = st.checkpoint_dir() / (phase or "latest")
     start, curve = _load_state(ckpt, model, opt, key)
@@ -173,7 +172,7 @@ def train(
             rows = sum(len(mb["input_ids"]) for mb in micro_batches)
             loss_sum, metrics = 0.0, {}
             for i, mb in enumerate(micro_batches):
-                mb = {k: v.to(dev) if torch.is_tensor(v) else v for k, v in shard(mb, rank, world).items()}
+                mb = distributed.to_device(shard(mb, rank, world))
                 # DDP all-reduces (averages) gradients on the last micro-batch only.
                 with distributed.no_sync(ddp, last=i == len(micro_batches) - 1), autocast(precision):
                     loss, metrics = loss_fn(ddp, mb)
