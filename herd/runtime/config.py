@@ -46,10 +46,11 @@ class TrainRuntime:
 
 @dataclass
 class GenerateRuntime:
-    # torch.compile the prompt pass and each decode step (herd/model/decoding.py): the same tokens,
-    # ~1.5x eager's tokens/s at the default size on CPU, after compiling ~100 s the first time on a
-    # machine and ~25 s per process after (inductor's cache): for sampling runs of minutes, not the
-    # default pipeline's seconds
+    # torch.compile the prompt pass and each decode step (herd/model/decoding.py): eager's logits up
+    # to float rounding (like train.compile; a rare sampled token differs), ~1.5x eager's tokens/s
+    # at the default size on CPU, after compiling ~100 s the first time on a machine and ~25 s per
+    # process after (inductor's cache): for sampling runs of minutes, not the default pipeline's
+    # seconds
     compile: bool = False
 
 
