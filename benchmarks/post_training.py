@@ -191,6 +191,12 @@ def trl_run(kind: str, folder: Path, data, sec, args, **extra) -> float:
     return steps_per_s(begins, args.warmup)
 
 
+def agreement(a: list[list[int]], b: list[list[int]]) -> float:
+    """Share of positions where two sides' generated tokens are the same."""
+    pairs = [(x, y) for row_a, row_b in zip(a, b, strict=True) for x, y in zip(row_a, row_b, strict=True)]
+    return sum(x == y for x, y in pairs) / len(pairs)
+
+
 def herd_generate(model, prompts, new_tokens: int, precision: str) -> tuple[float, list]:
     t0 = time.perf_counter()
     out = generate(model, prompts, new_tokens, (), precision=precision, batch_size=len(prompts))
@@ -269,10 +275,8 @@ def main() -> None:
                     assert all(len(o) == args.new_tokens for o in out_herd + out_hf), "a side stopped early"
                     add(f"gen_herd_{b}", b * args.new_tokens / t_herd), add(f"gen_hf_{b}", b * args.new_tokens / t_hf)
                     add(f"gen_compiled_{b}", b * args.new_tokens / t_compiled)
-                    same = sum(x == y for a, h in zip(out_herd, out_hf, strict=True) for x, y in zip(a, h, strict=True))
-                    add(f"gen_same_{b}", same / (b * args.new_tokens))
-                    add(f"gen_same_compiled_{b}", sum(x == y for a, c in zip(out_herd, out_compiled, strict=True)
-                                                      for x, y in zip(a, c, strict=True)) / (b * args.new_tokens))
+                    add(f"gen_same_{b}", agreement(out_herd, out_hf))
+                    add(f"gen_same_compiled_{b}", agreement(out_herd, out_compiled))
                 add("herd_compile_s", compile_s)
             print(f"round {r + 1}: " + "  ".join(f"{k} {v[-1]:.3g}" for k, v in res.items()), flush=True)
     med = {k: statistics.median(v) for k, v in res.items()}
