@@ -74,8 +74,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, stop_ids: tup
              batch_size: int = 64, compile: bool = False) -> list[list[list[int]]]:
     """n continuations of each prompt (a list of n token lists per prompt), generated `batch_size`
     rows at a time; rows are batched by prompt length, so padding stays small. The model decodes
-    through `for_decoding`'s copy (~10 ms to make at the default size; its decode steps compiled if
-    `compile`): a caller that generates again and again passes one made beforehand."""
+    through `for_decoding`'s copy (~10 ms to make at the default size; its prompt pass and decode
+    steps compiled if `compile`): a caller that generates again and again passes one made beforehand."""
     rows = [p for p in prompts for _ in range(n)]
     model = for_decoding(model.to(device()), precision, compile)
     order = sorted(range(len(rows)), key=lambda r: len(rows[r]))
