@@ -127,7 +127,7 @@ def herd_dpo(cfg, std, data, sec, args) -> tuple[float, float]:
     def step_loss(model, batch):  # herd/post/dpo.py's step_loss with the sigmoid loss
         pi_chosen, pi_rejected = sequence_logprobs(model, batch).chunk(2)
         loss, metrics = dpo_loss(pi_chosen, pi_rejected, *batch["ref_logps"].unbind(1), sec.beta)
-        return loss, {**metrics, "tokens": int((batch["labels"] != IGNORE).sum())}
+        return loss, {**metrics, "tokens": (batch["labels"] != IGNORE).sum()}
 
     rate = herd_train(new_model(cfg, std), sec, args,
                       lambda a, b: {**rows(data[a:b]), "ref_logps": ref_logps[a:b]}, step_loss)

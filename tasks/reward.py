@@ -102,7 +102,7 @@ def pair_batch(fmt: ChatFormat, pairs: list[dict], seq_len: int) -> dict:
 def bt_step(model, batch, margin: float = 0.0) -> tuple[torch.Tensor, dict]:
     r = rewards(model, batch)
     chosen, rejected = r.chunk(2)
-    metrics = {"accuracy": (chosen > rejected).float().mean().item(), "tokens": int(batch["last"].sum()) + len(r)}
+    metrics = {"accuracy": (chosen > rejected).float().mean(), "tokens": batch["last"].sum() + len(r)}
     return bradley_terry_loss(chosen, rejected, margin), metrics
 
 

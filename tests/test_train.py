@@ -197,6 +197,28 @@ def test_the_divergence_guard_ignores_noise_near_zero_loss_and_stops_a_blow_up()
     assert trips(blow_up, min_rise=0.5)
 
 
+def test_a_loss_that_turns_nan_between_log_lines_is_named_by_its_step_and_never_checkpointed(streams, tmp_path):
+    """Losses are read back from the device only for log lines and checkpoints (logged here every
+    5 steps), yet a step whose loss is not finite still stops the run naming that step, before a
+    checkpoint can hold its weights."""
+    from herd.errors import HerdError
+
+    train_streams, _, eot, vocab = streams
+    calls = []
+
+    def turns_nan_at_step_6(model, batch):  # one micro-batch a step: the call count is the step
+        loss, metrics = lm_loss(model, batch)
+        calls.append(None)
+        return (loss * float("nan") if len(calls) == 7 else loss), metrics
+
+    sampler = WindowSampler(train_streams, {"math": 1.0}, 32, 8, 0, steps=20, eot_id=eot)
+    with pytest.raises(HerdError, match=r"test: loss became nan at step 6; lower test.lr"):
+        fit(tiny(vocab, eot), sampler, tmp_path, 20, loss_fn=turns_nan_at_step_6)
+    assert len(calls) == 10  # it ran on to the next checkpoint (after step 9), where it stopped
+    [state] = tmp_path.rglob("state.json")
+    assert json.loads(state.read_text())["step"] == 5  # the last checkpoint is from before the NaN
+
+
 def test_a_finite_blow_up_stops_training_naming_the_stage_and_step(streams, tmp_path):
     from herd.errors import HerdError
 

@@ -135,8 +135,8 @@ def optimize(st: StageRun, preference: bool) -> None:
         if cfg.nll_weight:
             nll = -(logps.chunk(2)[0] / lengths.chunk(2)[0]).mean()
             loss = loss + cfg.nll_weight * nll
-            metrics["chosen_nll"] = nll.item()
-        return loss, {**metrics, "tokens": int((batch["labels"] != IGNORE).sum())}
+            metrics["chosen_nll"] = nll.detach()
+        return loss, {**metrics, "tokens": (batch["labels"] != IGNORE).sum()}
 
     st.metrics.update(train(
         st, policy, steps=cfg.steps, batch_at=batch_at, loss_fn=step_loss,

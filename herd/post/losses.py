@@ -39,4 +39,4 @@ def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, beta: float,
     per-token mean log-probabilities, as its paper and TRL do)."""
     h = (pi_chosen - ref_chosen) - (pi_rejected - ref_rejected)
     loss = (h - 1 / (2 * beta)).pow(2).mean() if kind == "ipo" else -F.logsigmoid(beta * h).mean()
-    return loss, {"reward_margin": h.mean().item(), "reward_accuracy": (h > 0).float().mean().item()}
+    return loss, {"reward_margin": h.mean().detach(), "reward_accuracy": (h > 0).float().mean()}

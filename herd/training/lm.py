@@ -91,7 +91,7 @@ class WindowSampler:
 
 def lm_loss(model, batch) -> tuple[torch.Tensor, dict]:
     loss = model(batch["input_ids"], labels=batch["labels"])
-    return loss, {"tokens": int((batch["labels"] != IGNORE).sum())}
+    return loss, {"tokens": (batch["labels"] != IGNORE).sum()}
 
 
 class PretrainLoss:
@@ -110,13 +110,13 @@ class PretrainLoss:
     def __call__(self, model, batch) -> tuple[torch.Tensor, dict]:
         if self.teacher is None:
             loss, metrics = lm_loss(model, batch)
-            metrics["ce"] = loss.item()
+            metrics["ce"] = loss.detach()
         else:  # distillation compares whole distributions: the student's logits are needed
             labels = batch["labels"].flatten()
             mask = labels != IGNORE
             flat = model(batch["input_ids"]).float().flatten(0, 1)
             ce = F.cross_entropy(flat, labels, ignore_index=IGNORE)
-            metrics = {"tokens": int(mask.sum()), "ce": ce.item()}
+            metrics = {"tokens": mask.sum(), "ce": ce.detach()}
             with torch.no_grad():
                 target = self.teacher(batch["input_ids"]).float().flatten(0, 1)
             if self.mode == "top1":
@@ -126,11 +126,11 @@ class PretrainLoss:
                 distill = F.kl_div((flat[mask] / t).log_softmax(-1), (target[mask] / t).log_softmax(-1),
                                    log_target=True, reduction="batchmean") * t * t
             loss = self.weight * distill + (1 - self.weight) * ce
-            metrics["distill"] = distill.item()
+            metrics["distill"] = distill.detach()
         if self.aux_coef:
             aux = getattr(model, "module", model).aux_loss()
             loss = loss + self.aux_coef * aux
-            metrics["moe_aux"] = aux.item()
+            metrics["moe_aux"] = aux.detach()
         return loss, metrics
 
 

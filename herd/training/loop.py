@@ -134,7 +134,8 @@ def train(
     """Train for `steps` optimizer steps, resuming from the stage's checkpoint folder.
 
     batch_at(step) returns the step's micro-batches (gradient accumulation: one backward each).
-    loss_fn returns (mean loss, metrics); metrics may include `tokens` (for tokens/s and MFU).
+    loss_fn returns (mean loss, metrics); metrics may include `tokens` (for tokens/s and MFU). Metric
+    values may be tensors on the device: the loop reads them back only when it logs.
     Under torchrun every rank takes its share of each micro-batch and DDP averages the gradients,
     so N processes compute the same update as one.
 
@@ -162,6 +163,7 @@ def train(
     bar = tqdm(range(start, steps), desc=st.name, unit="step", initial=start, total=steps, mininterval=2,
                disable=rank != 0)
     guard = DivergenceGuard(tcfg.divergence_factor, tcfg.divergence_min_rise)
+    pending = PendingLosses(st.name, guard)
     with compiled_blocks(model, tcfg.compile), deferred_interrupts() as stop:
         for step in bar:
             lr = lr_at(step)
@@ -170,34 +172,32 @@ def train(
             micro_batches = batch_at(step)
             total = sum(_size(mb) for mb in micro_batches)
             rows = sum(len(mb["input_ids"]) for mb in micro_batches)
-            loss_sum, metrics = 0.0, {}
+            parts, metrics = [], {}
             for i, mb in enumerate(micro_batches):
-                mb = distributed.to_device(shard(mb, rank, world))
+                mb = shard(mb, rank, world)
+                # Weighted so the accumulated, rank-averaged gradient is that of the whole batch's mean.
+                weight = _size(mb) * world / total
+                mb = distributed.to_device(mb)
                 # DDP all-reduces (averages) gradients on the last micro-batch only.
                 with distributed.no_sync(ddp, last=i == len(micro_batches) - 1), autocast(precision):
                     loss, metrics = loss_fn(ddp, mb)
-                # Weighted so the accumulated, rank-averaged gradient is that of the whole batch's mean.
-                weight = _size(mb) * world / total
                 (loss * weight).backward()
-                loss_sum += loss.item() * weight
-                tokens += int(metrics.pop("tokens", 0)) * world
-            if not math.isfinite(loss_sum):
-                raise HerdError(f"{st.name}: loss became {loss_sum} at step {step}; "
-                                f"lower {st.name}.lr or check the input data")
-            if guard.diverged(loss_sum, step):
-                raise HerdError(f"{st.name}: diverged at step {step}: smoothed loss {guard.ema:.3f} is over "
-                                f"{guard.factor}x its best {guard.best:.3f}; lower {st.name}.lr "
-                                f"(runtime.train.divergence_factor and divergence_min_rise set the threshold)")
+                parts.append((loss.detach().double(), weight))
+                tokens += metrics.pop("tokens", 0) * world
+            pending.add(step, parts)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             done = step + 1
             if step % tcfg.log_every == 0 or done == steps:
+                loss_sum = pending.settle()
                 elapsed = max(1e-9, time.time() - t0)
-                logged = {"loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed,
-                          "batch_size": rows, "seq_len": micro_batches[0]["input_ids"].shape[1], **metrics}
+                logged = {"loss": loss_sum, "lr": lr, "grad_norm": float(grad_norm),
+                          "tokens_per_s": int(tokens) / elapsed, "batch_size": rows,
+                          "seq_len": micro_batches[0]["input_ids"].shape[1],
+                          **{k: float(v) for k, v in metrics.items()}}
                 if peak:
-                    logged["mfu"] = tokens / elapsed * flops_per_token / (peak * world)
+                    logged["mfu"] = int(tokens) / elapsed * flops_per_token / (peak * world)
                 st.log_step(logged, step)
                 curve.append({"step": step, "loss": round(loss_sum, 5), "lr": lr})
                 bar.set_postfix(loss=f"{loss_sum:.3f}")
@@ -209,10 +209,12 @@ def train(
                 st.log_step({f"val_{k}": v for k, v in eval_fn().items()}, step)
                 model.train()
             if done % tcfg.checkpoint_every == 0 and done < steps:
+                pending.settle()  # never checkpoint a step whose loss was not finite
                 if rank == 0:
                     save(done)
                 distributed.barrier()
             if stop and done < steps:  # SIGINT/SIGTERM: keep this step's state, then stop
+                pending.settle()
                 if rank == 0:
                     save(done)
                     print(f"[{st.name}] stopped at step {done}/{steps}; the next run resumes from here", flush=True)
@@ -223,6 +225,7 @@ def train(
     st.tables["curve"] = curve  # the loss and learning rate by step, across resumes
     elapsed = max(1e-9, time.time() - t0)
     last = curve[-1]["loss"] if curve else float("nan")
+    tokens = int(tokens)
     result = {"final_loss": history.get("loss", last), "tokens_per_s": round(tokens / elapsed, 1)}
     if peak:
         result["mfu"] = round(tokens / elapsed * flops_per_token / (peak * world), 4)
@@ -245,6 +248,40 @@ class DivergenceGuard:
         self.best = min(self.best, self.ema)
         return (bool(self.factor) and step >= self.after and self.ema > self.factor * self.best
                 and self.ema - self.best > self.min_rise)
+
+
+class PendingLosses:
+    """Each step's micro-batch losses (with their weights), kept on the device until a log line or a
+    checkpoint needs them: reading them back every step would make the host wait for the device at
+    every step, where a GPU's queue should run ahead. `settle` reads them in one transfer and checks
+    the steps in order, so an error still names the step it happened at."""
+
+    def __init__(self, name: str, guard: "DivergenceGuard"):
+        self.name, self.guard = name, guard
+        self.steps: list[tuple[int, list[tuple[torch.Tensor, float]]]] = []
+
+    def add(self, step: int, parts: list[tuple[torch.Tensor, float]]) -> None:
+        self.steps.append((step, parts))
+
+    def settle(self) -> float | None:
+        """The last pending step's loss (None if none is pending); raises at the first step whose
+        loss is not finite or has diverged."""
+        if not self.steps:
+            return None
+        values = iter(torch.stack([loss for _, parts in self.steps for loss, _ in parts]).tolist())
+        for step, parts in self.steps:
+            loss_sum = 0.0
+            for _, weight in parts:
+                loss_sum += next(values) * weight
+            if not math.isfinite(loss_sum):
+                raise HerdError(f"{self.name}: loss became {loss_sum} at step {step}; "
+                                f"lower {self.name}.lr or check the input data")
+            if self.guard.diverged(loss_sum, step):
+                raise HerdError(f"{self.name}: diverged at step {step}: smoothed loss {self.guard.ema:.3f} is over "
+                                f"{self.guard.factor}x its best {self.guard.best:.3f}; lower {self.name}.lr "
+                                f"(runtime.train.divergence_factor and divergence_min_rise set the threshold)")
+        self.steps.clear()
+        return loss_sum
 
 
 @contextmanager
