@@ -48,7 +48,7 @@ class LlamaConfig:
     def head_dim(self) -> int:
         return self.dim // self.n_heads
 
-    def inv_freq(self) -> torch.Tensor:
+    def inv_freq(self, device: torch.device | None = None) -> torch.Tensor:
         """RoPE's inverse frequencies, scaled: `linear` slows every rotation by the factor (position
         interpolation); `ntk` raises the base so the slowest rotation slows by the factor while the
         fastest stay (NTK-aware); `llama3` slows only the rotations whose wavelength exceeds the
@@ -56,7 +56,7 @@ class LlamaConfig:
         hd, base = self.head_dim, self.rope_base
         if self.rope_scaling == "ntk":
             base = self.effective_rope_base
-        inv = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd))
+        inv = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
         if self.rope_scaling == "linear":
             return inv / self.rope_factor
         if self.rope_scaling == "llama3":
@@ -107,7 +107,8 @@ class RMSNorm(nn.Module):
 
 
 def rope_tables(cfg: LlamaConfig, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    freqs = positions.float()[:, None] * cfg.inv_freq().to(positions.device)[None, :]
+    # Made where the positions are: a copy from the host would wait for the device's queue.
+    freqs = positions.float()[:, None] * cfg.inv_freq(positions.device)[None, :]
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
 
