@@ -27,7 +27,11 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, labels: tor
         return _LinearCrossEntropy.apply(hidden.flatten(0, -2), weight, labels.flatten(), dtype, grads)
 
 
-def _chunk_rows(tokens: int, dim: int, vocab: int) -> int:
+def _chunk_rows(tokens: int, dim: int, vocab: int, device_type: str) -> int:
+    if device_type == "cuda":
+        # A GPU at these sizes waits on kernel launches, not memory: chunks of up to 2^28 logits
+        # (1 GiB in fp32) keep the launches few.
+        return max(1, min(tokens, 2**28 // vocab))
     # A chunk's logits take about as much memory as the hidden states: the loss then needs no more
     # memory than the layer before it, and the chunk stays cache-sized at small vocabularies.
     return max(1, min(tokens, 2 ** math.ceil(math.log2(max(1, tokens * dim // vocab)))))
@@ -42,7 +46,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h = torch.empty_like(h) if grads else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if grads else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        rows = _chunk_rows(len(h), h.shape[1], w.shape[0])
+        rows = _chunk_rows(len(h), h.shape[1], w.shape[0], h.device.type)
         for s in range(0, len(h), rows):
             hc, yc, kc = h[s : s + rows], labels[s : s + rows], keep[s : s + rows]
             logits = (hc @ w.t()).float()
