@@ -17,8 +17,8 @@ import yaml
 from herd.data.tokens import load_tokenizer
 from herd.errors import HerdError
 from herd.model.llama import Llama, LlamaConfig, save_checkpoint
+from herd.model.published import EXAMPLE_ANSWER, EXAMPLE_QUESTION, GENERATION_PARAMS
 from herd.post.chat import ChatFormat
-from herd.runtime.registry import EXAMPLE_ANSWER, EXAMPLE_QUESTION, GENERATION_PARAMS
 
 KINDS = {"base": "base language model", "policy": "chat policy", "reward": "reward model"}
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")

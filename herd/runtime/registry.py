@@ -14,16 +14,12 @@ import mlflow
 import pandas as pd
 from mlflow.models import infer_signature
 
+from herd.model.published import EXAMPLE_ANSWER, EXAMPLE_QUESTION, GENERATION_PARAMS
+
 SERVING_CODE = Path(__file__).with_name("serving.py")
 HERD_PACKAGE = Path(__file__).resolve().parents[1]
 # What loading and running a checkpoint imports (herd/runtime/serving.py and what it imports).
 REQUIREMENTS = ("torch", "tokenizers", "safetensors", "numpy", "pandas", "omegaconf", "mlflow")
-# The generation params a policy or base model takes at predict time, with their defaults (greedy;
-# herd/model/export.py writes the same into generation_config.json).
-GENERATION_PARAMS = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "seed": 0}
-# The example of the logged models' signatures and of the model cards.
-EXAMPLE_QUESTION = "Ava has 3 apples and buys 4 more. How many apples does Ava have?"
-EXAMPLE_ANSWER = "Ava has 3 + 4 = 7 apples. The answer is 7."
 
 
 def requirements() -> list[str]:

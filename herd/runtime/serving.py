@@ -38,7 +38,7 @@ class HerdModel(mlflow.pyfunc.PythonModel):
             return score_responses(self.model, self.fmt, pairs)
         import torch
 
-        from herd.runtime.registry import GENERATION_PARAMS
+        from herd.model.published import GENERATION_PARAMS
 
         params = {**GENERATION_PARAMS, **(params or {})}
         generator = torch.Generator().manual_seed(int(params["seed"]))
